@@ -1,0 +1,37 @@
+"""The typed training/evaluation clip that every reader returns."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class ClipSample:
+    """One clip of S frames with N tracked points, in the pixel coordinates of `rgbs`.
+
+    Coordinates are x then y, pixel centres at integers. Padding points (when fewer than N
+    were available) have trajs, visibs and valids all zero.
+    """
+
+    rgbs: np.ndarray  # S,3,H,W uint8 RGB
+    trajs: np.ndarray  # S,N,2 float32, x,y pixels
+    visibs: np.ndarray  # S,N float32, 1 = visible
+    valids: np.ndarray  # S,N float32, 1 = annotation valid (occluded points included)
+
+    def __post_init__(self) -> None:
+        S, C, H, W = self.rgbs.shape
+        if C != 3 or self.rgbs.dtype != np.uint8:
+            raise ValueError(f"rgbs must be S,3,H,W uint8, got {self.rgbs.shape} {self.rgbs.dtype}")
+        if self.trajs.shape[0] != S or self.trajs.shape[-1] != 2:
+            raise ValueError(f"trajs must be S,N,2 with S={S}, got {self.trajs.shape}")
+        N = self.trajs.shape[1]
+        for name in ("visibs", "valids"):
+            if getattr(self, name).shape != (S, N):
+                raise ValueError(f"{name} must be {(S, N)}, got {getattr(self, name).shape}")
+
+    @property
+    def track_g(self) -> np.ndarray:
+        """S,N,4 float32 = x, y, vis, valid (the exported-clip format)."""
+        return np.concatenate(
+            [self.trajs, self.visibs[..., None], self.valids[..., None]], axis=-1
+        ).astype(np.float32)
