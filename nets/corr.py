@@ -1,0 +1,104 @@
+"""Correlation pyramid sampled locally around each point.
+
+The official model builds full cost volumes targets @ fmaps (B,S,N,H,W per level) and bilinearly samples
+a (2R+1)^2 window from them. Bilinear sampling is linear, so sampling the volume equals the dot product of
+the target with bilinearly sampled features. All offsets of one window share the same sub-pixel fraction,
+so we read the (2R+2)^2 integer-position features once, take their dot products with the target, and
+blend those bilinearly into the (2R+1)^2 window. Memory grows with S*N, never with S*N*H*W.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+def build_pyramid(fmaps: torch.Tensor, num_levels: int) -> list[torch.Tensor]:
+    """fmaps B,S,C,H8,W8 -> num_levels maps (B*S,C,H_l,W_l), each a 2x2 average pool of the previous."""
+    B, S, C, H, W = fmaps.shape
+    level = fmaps.reshape(B * S, C, H, W)
+    pyramid = [level]
+    for _ in range(num_levels - 1):
+        level = F.avg_pool2d(level, 2, stride=2)
+        pyramid.append(level)
+    return pyramid
+
+
+def _window_dots(fmap: torch.Tensor, targets: torch.Tensor, corner: torch.Tensor, K: int) -> torch.Tensor:
+    """Dot products of each target with the K x K integer-position features from `corner` (zero outside).
+
+    fmap BS,C,H,W; targets BS,N,C; corner BS,N,2 (long, x,y) -> BS,N,K(y),K(x).
+    """
+    BS, C, H, W = fmap.shape
+    N = targets.shape[1]
+    feat = fmap.permute(0, 2, 3, 1).reshape(BS * H * W, C)  # BS*H*W,C
+    offs = torch.arange(K, device=fmap.device)
+    xs = corner[..., 0:1] + offs  # BS,N,K
+    ys = corner[..., 1:2] + offs  # BS,N,K
+    x_in = (xs >= 0) & (xs < W)
+    base = torch.arange(BS, device=fmap.device).view(BS, 1, 1) * (H * W)
+    col = xs.clamp(0, W - 1) + base  # BS,N,K
+    tgt = targets.reshape(BS * N, C, 1)
+    rows = []
+    for ky in range(K):  # one row of the window at a time bounds the gathered memory to BS*N*K*C
+        y = ys[..., ky : ky + 1]  # BS,N,1
+        idx = (y.clamp(0, H - 1) * W + col).reshape(-1)  # BS*N*K
+        dots = torch.bmm(feat[idx].view(BS * N, K, C), tgt).view(BS, N, K)  # BS,N,K
+        rows.append(dots * (x_in & (y >= 0) & (y < H)))
+    return torch.stack(rows, dim=2)  # BS,N,K,K
+
+
+def sample_corr_level(
+    fmap: torch.Tensor, targets: torch.Tensor, coords: torch.Tensor, radius: int
+) -> torch.Tensor:
+    """Correlation window of one pyramid level, equal to bilinear (zero-padded) sampling of targets @ fmap.
+
+    Args:
+        fmap: BS,C,H,W features of this level.
+        targets: BS,N,C template features.
+        coords: BS,N,2 window centres (x, y) in this level's pixels.
+        radius: R; the window is (2R+1)^2.
+    Returns:
+        BS,N,(2R+1)^2, flattened x-offset-major (index = ix*(2R+1) + iy) as the official model.
+    """
+    BS, C, H, W = fmap.shape
+    K = 2 * radius + 2
+    # far-away points only see zeros; clamping keeps the integer corner in range without changing that
+    coords = torch.stack([coords[..., 0].clamp(-K - 1, W + K), coords[..., 1].clamp(-K - 1, H + K)], -1)
+    floor = coords.detach().floor()
+    frac = (coords - floor).to(fmap.dtype)  # BS,N,2
+    corner = floor.long() - radius  # BS,N,2
+    dots = _window_dots(fmap, targets, corner, K) / math.sqrt(C)  # BS,N,K,K
+    fx = frac[..., 0, None, None]
+    fy = frac[..., 1, None, None]
+    top = dots[:, :, :-1, :-1] * (1 - fx) + dots[:, :, :-1, 1:] * fx  # BS,N,2R+1,2R+1
+    bottom = dots[:, :, 1:, :-1] * (1 - fx) + dots[:, :, 1:, 1:] * fx
+    window = top * (1 - fy) + bottom * fy  # BS,N,R(y),R(x)
+    return window.transpose(-1, -2).reshape(BS, targets.shape[1], -1)  # BS,N,(2R+1)^2
+
+
+class CorrBlock:
+    """Correlation of per-frame template features with a feature pyramid, sampled around coords.
+
+    Built once per forward from the pyramid; `sample` takes the templates and the current coords.
+    Under autograd the window features are recomputed in backward instead of stored.
+    """
+
+    def __init__(self, pyramid: list[torch.Tensor], radius: int = 3) -> None:
+        self.pyramid = pyramid
+        self.radius = radius
+
+    def sample(self, targets: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """targets B,S,N,C and coords B,S,N,2 (stride-8 feature pixels) -> B,S,N,L*(2R+1)^2."""
+        B, S, N, C = targets.shape
+        targets = targets.reshape(B * S, N, C)  # BS,N,C
+        out = []
+        for level, fmap in enumerate(self.pyramid):
+            xy = coords.reshape(B * S, N, 2) / 2**level  # BS,N,2
+            if torch.is_grad_enabled() and (fmap.requires_grad or targets.requires_grad):
+                corr = checkpoint(sample_corr_level, fmap, targets, xy, self.radius, use_reentrant=False)
+            else:
+                corr = sample_corr_level(fmap, targets, xy, self.radius)
+            out.append(corr.view(B, S, N, -1))
+        return torch.cat(out, dim=-1)  # B,S,N,L*(2R+1)^2

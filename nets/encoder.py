@@ -1,0 +1,66 @@
+"""BasicEncoder: the multi-scale CNN that maps each frame to a stride-8 feature map (prefix fnet.*)."""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, padding=1, stride=stride)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, padding=1)
+        self.norm1 = nn.InstanceNorm2d(planes)
+        self.norm2 = nn.InstanceNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride), nn.InstanceNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.norm1(self.conv1(x)))
+        y = self.relu(self.norm2(self.conv2(y)))
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return self.relu(x + y)
+
+
+class BasicEncoder(nn.Module):
+    """Four residual stages at strides 2, 2, 4, 8, 16; all four resized to stride `stride` and fused."""
+
+    def __init__(self, input_dim: int = 3, output_dim: int = 128, stride: int = 8) -> None:
+        super().__init__()
+        self.stride = stride
+        self.conv1 = nn.Conv2d(input_dim, 64, kernel_size=7, stride=2, padding=3)
+        self.norm1 = nn.InstanceNorm2d(64)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(64, 64, stride=1)
+        self.layer2 = self._make_layer(64, 96, stride=2)
+        self.layer3 = self._make_layer(96, 128, stride=2)
+        self.layer4 = self._make_layer(128, 128, stride=2)
+        self.conv2 = nn.Conv2d(64 + 96 + 128 + 128, output_dim * 2, kernel_size=3, padding=1)
+        self.norm2 = nn.InstanceNorm2d(output_dim * 2)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(output_dim * 2, output_dim, kernel_size=1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    @staticmethod
+    def _make_layer(in_planes: int, planes: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(ResidualBlock(in_planes, planes, stride), ResidualBlock(planes, planes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: B,3,H,W in [-1, 1] -> B,C,H//stride,W//stride."""
+        _, _, H, W = x.shape
+        size = (H // self.stride, W // self.stride)
+        x = self.relu1(self.norm1(self.conv1(x)))
+        a = self.layer1(x)  # B,64,H/2,W/2
+        b = self.layer2(a)  # B,96,H/4,W/4
+        c = self.layer3(b)  # B,128,H/8,W/8
+        d = self.layer4(c)  # B,128,H/16,W/16
+        feats = [F.interpolate(t, size, mode="bilinear", align_corners=True) for t in (a, b, c, d)]
+        x = self.relu2(self.norm2(self.conv2(torch.cat(feats, dim=1))))  # B,256,H8,W8
+        return self.conv3(x)  # B,C,H8,W8

@@ -1,0 +1,104 @@
+"""Pips: the PIPs++ network, wiring the encoder, the correlation pyramid and the delta block."""
+
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+from nets.corr import CorrBlock, build_pyramid
+from nets.delta import DeltaBlock
+from nets.encoder import BasicEncoder
+from utils.sampling import bilinear_sample_border
+
+Feats = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class PipsOutput(NamedTuple):
+    coords: list[torch.Tensor]  # iters per-iteration predictions (frame 0 not re-locked), then the final one
+    coords_anim: list[torch.Tensor]  # the initial coords, each iteration with frame 0 locked, the final again
+    feats: Feats  # (feats1, feats2, feats4), each B,S,N,C, to chain the next window
+
+
+class Pips(nn.Module):
+    """PIPs++ with the official parameter names, so the published checkpoint loads with strict=True."""
+
+    def __init__(self, stride: int = 8, latent_dim: int = 128, corr_levels: int = 4, corr_radius: int = 3) -> None:
+        super().__init__()
+        self.stride = stride
+        self.latent_dim = latent_dim
+        self.corr_levels = corr_levels
+        self.corr_radius = corr_radius
+        self.fnet = BasicEncoder(output_dim=latent_dim, stride=stride)
+        self.delta_block = DeltaBlock(latent_dim, corr_levels, corr_radius)
+        # present in the official checkpoint, unused by its forward; kept so strict loading works both ways
+        self.norm = nn.GroupNorm(1, latent_dim)
+
+    def encode(self, rgbs: torch.Tensor) -> torch.Tensor:
+        """rgbs B,S,3,H,W float 0..255 -> fmaps B,S,C,H//stride,W//stride."""
+        B, S, _, H, W = rgbs.shape
+        x = 2 * (rgbs.reshape(B * S, 3, H, W) / 255.0) - 1
+        fmaps = self.fnet(x)  # BS,C,H8,W8
+        return fmaps.reshape(B, S, *fmaps.shape[1:])  # B,S,C,H8,W8
+
+    @staticmethod
+    def sample_templates(fmaps: torch.Tensor, coords: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor:
+        """Features of frame frame_ids[t] at coords[:, frame_ids[t]], border-clamped -> B,S,N,C."""
+        B, S, C, H8, W8 = fmaps.shape
+        N = coords.shape[2]
+        fm = fmaps[:, frame_ids].reshape(B * S, C, H8, W8)
+        xy = coords[:, frame_ids].reshape(B * S, N, 2)
+        return bilinear_sample_border(fm, xy).reshape(B, S, N, C)  # B,S,N,C
+
+    def forward(
+        self,
+        trajs_e0: torch.Tensor,
+        rgbs: torch.Tensor,
+        iters: int = 3,
+        feat_init: Feats | None = None,
+        beautify: bool = False,
+    ) -> PipsOutput:
+        """Refine trajectories over one window of S frames.
+
+        Args:
+            trajs_e0: B,S,N,2 initial trajectories, x,y in pixels of rgbs; frame 0 holds the query points
+                and stays locked in the output.
+            rgbs: B,S,3,H,W float RGB in 0..255.
+            iters: refinement iterations.
+            feat_init: (feats1, feats2, feats4) from a previous window (each B,S',N,C with S' >= S) to chain
+                windows; None samples the templates at frame 0.
+            beautify: halve the updates of the last quarter of iterations (smoother demo tracks).
+        Returns:
+            PipsOutput; coords[-1] (B,S,N,2 pixels) is the result.
+        """
+        B, S, N, _ = trajs_e0.shape
+        fmaps = self.encode(rgbs)  # B,S,C,H8,W8
+        coords = trajs_e0 / float(self.stride)  # B,S,N,2 feature pixels
+        coords0 = coords[:, 0].clone()  # B,N,2
+        if feat_init is None:
+            feats1 = self.sample_templates(fmaps, coords, torch.zeros(S, dtype=torch.long, device=rgbs.device))
+            feats2 = feats4 = feats1
+        else:
+            feats1, feats2, feats4 = (f[:, :S] for f in feat_init)
+        corr = CorrBlock(build_pyramid(fmaps, self.corr_levels), self.corr_radius)
+        frames = torch.arange(S, device=rgbs.device)
+        coords_pred, coords_anim = [], [coords * self.stride]
+        for itr in range(iters):
+            coords = coords.detach()
+            if itr >= 1:  # re-sample the templates at the current estimate 2 and 4 frames earlier
+                feats2 = self.sample_templates(fmaps, coords, (frames - 2).clamp(min=0))
+                feats4 = self.sample_templates(fmaps, coords, (frames - 4).clamp(min=0))
+            fcorrs = torch.cat([corr.sample(f, coords) for f in (feats1, feats2, feats4)], dim=-1)  # B,S,N,3LRR
+            flows = coords[:, 1:] - coords[:, :-1]  # B,S-1,N,2
+            flows = torch.cat([flows, flows[:, -1:]], dim=1)  # B,S,N,2
+            delta = self.delta_block(
+                fcorrs.permute(0, 2, 1, 3).reshape(B * N, S, -1), flows.permute(0, 2, 1, 3).reshape(B * N, S, 2)
+            )  # BN,S,2
+            if beautify and itr > 3 * iters // 4:
+                delta = delta * 0.5
+            coords = coords + delta.reshape(B, N, S, 2).permute(0, 2, 1, 3)  # B,S,N,2
+            coords_pred.append(coords * self.stride)
+            coords = torch.cat([coords0[:, None], coords[:, 1:]], dim=1)  # lock frame 0
+            coords_anim.append(coords * self.stride)
+        coords_anim.append(coords * self.stride)
+        coords_pred.append(coords * self.stride)
+        return PipsOutput(coords_pred, coords_anim, (feats1, feats2, feats4))

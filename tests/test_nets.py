@@ -1,0 +1,111 @@
+import math
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nets.losses import sequence_loss
+from nets.pips2 import Pips
+
+FIXTURE = Path(__file__).parent / "fixtures" / "pips2_ref_seed0.npz"
+
+
+def reference_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The fixture's deterministic weights: per key, randn seeded by crc32(key), scaled by 1/sqrt(fan_in)."""
+    state = {}
+    for key, value in model.state_dict().items():
+        g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+        w = torch.randn(value.shape, generator=g, dtype=torch.float32)
+        w *= 1 / math.sqrt(math.prod(value.shape[1:])) if w.dim() > 1 else 0.1
+        state[key] = w
+    return state
+
+
+@pytest.fixture(scope="module")
+def ref() -> dict[str, np.ndarray]:
+    return dict(np.load(FIXTURE))
+
+
+@pytest.fixture(scope="module")
+def model() -> Pips:
+    m = Pips(stride=8).eval()
+    m.load_state_dict(reference_weights(m), strict=True)
+    return m
+
+
+def t(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(x))
+
+
+def test_state_dict_matches_official_keys(model: Pips) -> None:
+    state = model.state_dict()
+    assert len(state) == 82
+    assert sum(v.numel() for v in state.values()) == 17_565_410
+    assert state["fnet.conv2.weight"].shape == (256, 416, 3, 3)
+    assert state["delta_block.first_block_conv.conv.weight"].shape == (128, 718, 3)
+    assert state["delta_block.basicblock_list.6.conv1.conv.weight"].shape == (1024, 512, 3)
+    assert state["delta_block.dense.weight"].shape == (2, 1024)
+    assert state["norm.weight"].shape == (128,)
+
+
+def test_encoder_matches_fixture(model: Pips, ref: dict) -> None:
+    with torch.no_grad():
+        fmaps = model.encode(t(ref["rgbs"]).float())
+    np.testing.assert_allclose(fmaps.numpy(), ref["fmaps"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("iters,tol", [(1, 0.01), (2, 0.05)])
+def test_forward_matches_fixture(model: Pips, ref: dict, iters: int, tol: float) -> None:
+    with torch.no_grad():
+        out = model(t(ref["trajs_e0"]), t(ref["rgbs"]).float(), iters=iters)
+    assert len(out.coords) == iters + 1 and len(out.coords_anim) == iters + 2
+    np.testing.assert_allclose(torch.stack(out.coords).numpy(), ref[f"it{iters}_coord_predictions1"], atol=tol, rtol=0)
+    np.testing.assert_allclose(
+        torch.stack(out.coords_anim).numpy(), ref[f"it{iters}_coord_predictions2"], atol=tol, rtol=0
+    )
+    for i, name in enumerate(("feats1", "feats2", "feats4")):
+        np.testing.assert_allclose(out.feats[i].numpy(), ref[f"it{iters}_{name}"], atol=1e-3, rtol=0)
+    loss = sequence_loss(out.coords[:-1], t(ref["trajs_g"]), t(ref["valids"]), gamma=0.8)
+    np.testing.assert_allclose(loss.item(), ref[f"it{iters}_loss"], rtol=1e-4)
+
+
+def test_chained_window_matches_fixture(model: Pips, ref: dict) -> None:
+    rgbs = t(ref["rgbs"]).float()
+    with torch.no_grad():
+        first = model(t(ref["trajs_e0"]), rgbs, iters=1)
+        second = model(t(ref["chain_trajs_e0"]), rgbs.flip(1), iters=1, feat_init=first.feats)
+    np.testing.assert_allclose(second.coords[-1].numpy(), ref["chain_out"], atol=0.01, rtol=0)
+
+
+def test_frame0_locked_in_output(model: Pips, ref: dict) -> None:
+    e0 = t(ref["trajs_e0"])
+    with torch.no_grad():
+        out = model(e0, t(ref["rgbs"]).float(), iters=1)
+    torch.testing.assert_close(out.coords[-1][:, 0], e0[:, 0])
+    assert not torch.allclose(out.coords[0][:, 0], e0[:, 0])
+
+
+def test_tiny_forward_backward_finite() -> None:
+    torch.manual_seed(0)
+    model = Pips()
+    rgbs = torch.rand(2, 5, 3, 64, 96) * 255
+    trajs = torch.rand(2, 5, 7, 2) * torch.tensor([95.0, 63.0])
+    out = model(trajs, rgbs, iters=2)
+    assert out.coords[-1].shape == (2, 5, 7, 2)
+    assert all(f.shape == (2, 5, 7, 128) for f in out.feats)
+    loss = sequence_loss(out.coords[:-1], trajs, torch.ones(2, 5, 7))
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(grads) == 80  # every parameter but the unused norm.*
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert model.fnet.conv1.weight.grad.abs().sum() > 0
+
+
+def test_sequence_loss_by_hand() -> None:
+    gt = torch.zeros(1, 2, 1, 2)
+    preds = [torch.full((1, 2, 1, 2), 2.0), torch.full((1, 2, 1, 2), 1.0)]
+    valids = torch.tensor([[[1.0], [0.0]]])
+    expected = (0.8 * 2.0 + 1.0 * 1.0) / 2
+    assert sequence_loss(preds, gt, valids, gamma=0.8).item() == pytest.approx(expected, rel=1e-5)
