@@ -1,4 +1,4 @@
-"""DeltaBlock: a 1-D temporal ResNet that maps correlations and flows to coordinate updates (delta_block.*)."""
+"""DeltaBlock: a 1-D temporal ResNet mapping correlations and flows to coordinate updates (delta_block.*)."""
 
 import torch
 import torch.nn as nn
@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 
 def posemb_sincos_2d_xy(xy: torch.Tensor, C: int, temperature: float = 10000.0) -> torch.Tensor:
-    """B,S,2 -> B,S,C+2: [sin(x w), cos(x w), sin(y w), cos(y w)] with w_k = temperature^(-k/(C/4-1)), then x, y."""
+    """B,S,2 -> B,S,C+2: [sin(x w), cos(x w), sin(y w), cos(y w), x, y], w_k = temperature^(-k/(C/4-1))."""
     k = torch.arange(C // 4, device=xy.device, dtype=xy.dtype) / (C // 4 - 1)
     omega = 1.0 / temperature**k  # C/4
     x = xy[..., 0:1] * omega  # B,S,C/4

@@ -4,6 +4,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+from einops import rearrange
 
 from nets.corr import CorrBlock, build_pyramid
 from nets.delta import DeltaBlock
@@ -22,7 +23,9 @@ class PipsOutput(NamedTuple):
 class Pips(nn.Module):
     """PIPs++ with the official parameter names, so the published checkpoint loads with strict=True."""
 
-    def __init__(self, stride: int = 8, latent_dim: int = 128, corr_levels: int = 4, corr_radius: int = 3) -> None:
+    def __init__(
+        self, stride: int = 8, latent_dim: int = 128, corr_levels: int = 4, corr_radius: int = 3
+    ) -> None:
         super().__init__()
         self.stride = stride
         self.latent_dim = latent_dim
@@ -74,28 +77,28 @@ class Pips(nn.Module):
         fmaps = self.encode(rgbs)  # B,S,C,H8,W8
         coords = trajs_e0 / float(self.stride)  # B,S,N,2 feature pixels
         coords0 = coords[:, 0].clone()  # B,N,2
+        frames = torch.arange(S, device=rgbs.device)
         if feat_init is None:
-            feats1 = self.sample_templates(fmaps, coords, torch.zeros(S, dtype=torch.long, device=rgbs.device))
+            feats1 = self.sample_templates(fmaps, coords, torch.zeros_like(frames))
             feats2 = feats4 = feats1
         else:
             feats1, feats2, feats4 = (f[:, :S] for f in feat_init)
         corr = CorrBlock(build_pyramid(fmaps, self.corr_levels), self.corr_radius)
-        frames = torch.arange(S, device=rgbs.device)
         coords_pred, coords_anim = [], [coords * self.stride]
         for itr in range(iters):
             coords = coords.detach()
             if itr >= 1:  # re-sample the templates at the current estimate 2 and 4 frames earlier
                 feats2 = self.sample_templates(fmaps, coords, (frames - 2).clamp(min=0))
                 feats4 = self.sample_templates(fmaps, coords, (frames - 4).clamp(min=0))
-            fcorrs = torch.cat([corr.sample(f, coords) for f in (feats1, feats2, feats4)], dim=-1)  # B,S,N,3LRR
+            fcorrs = torch.cat([corr.sample(f, coords) for f in (feats1, feats2, feats4)], -1)  # B,S,N,3LRR
             flows = coords[:, 1:] - coords[:, :-1]  # B,S-1,N,2
             flows = torch.cat([flows, flows[:, -1:]], dim=1)  # B,S,N,2
             delta = self.delta_block(
-                fcorrs.permute(0, 2, 1, 3).reshape(B * N, S, -1), flows.permute(0, 2, 1, 3).reshape(B * N, S, 2)
+                rearrange(fcorrs, "b s n c -> (b n) s c"), rearrange(flows, "b s n c -> (b n) s c")
             )  # BN,S,2
             if beautify and itr > 3 * iters // 4:
                 delta = delta * 0.5
-            coords = coords + delta.reshape(B, N, S, 2).permute(0, 2, 1, 3)  # B,S,N,2
+            coords = coords + rearrange(delta, "(b n) s c -> b s n c", b=B)  # B,S,N,2
             coords_pred.append(coords * self.stride)
             coords = torch.cat([coords0[:, None], coords[:, 1:]], dim=1)  # lock frame 0
             coords_anim.append(coords * self.stride)

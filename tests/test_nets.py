@@ -61,7 +61,9 @@ def test_forward_matches_fixture(model: Pips, ref: dict, iters: int, tol: float)
     with torch.no_grad():
         out = model(t(ref["trajs_e0"]), t(ref["rgbs"]).float(), iters=iters)
     assert len(out.coords) == iters + 1 and len(out.coords_anim) == iters + 2
-    np.testing.assert_allclose(torch.stack(out.coords).numpy(), ref[f"it{iters}_coord_predictions1"], atol=tol, rtol=0)
+    np.testing.assert_allclose(
+        torch.stack(out.coords).numpy(), ref[f"it{iters}_coord_predictions1"], atol=tol, rtol=0
+    )
     np.testing.assert_allclose(
         torch.stack(out.coords_anim).numpy(), ref[f"it{iters}_coord_predictions2"], atol=tol, rtol=0
     )
