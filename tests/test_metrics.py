@@ -1,0 +1,225 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from utils.metrics import (
+    compute_ate,
+    compute_pips_metrics,
+    compute_tapvid_metrics,
+    sample_queries_first,
+    sample_queries_strided,
+)
+
+FIXTURE = Path(__file__).parent / "fixtures" / "pips2_ref_seed0.npz"
+
+
+def test_pips_metrics_match_official_fixture():
+    ref = np.load(FIXTURE)
+    metrics = compute_pips_metrics(
+        ref["metric_trajs_e"], ref["trajs_g"], ref["valids"], int(ref["H"]), int(ref["W"])
+    )
+    assert set(metrics) == {"d_1", "d_2", "d_4", "d_8", "d_16", "d_avg", "survival", "median_l2"}
+    for name, value in metrics.items():
+        assert value == pytest.approx(float(ref[f"metric_{name}"]), abs=1e-6), name
+
+
+def _toy_pips():
+    """3 frames, 3 points on a 256x256 image (no rescaling); errors along x.
+
+    point 0: errors 0, 3, 20, all valid
+    point 1: errors 0, 0.5, 10, frame 2 invalid
+    point 2: error 100 everywhere, never valid
+    """
+    trajs_g = np.full((1, 3, 3, 2), 50.0, dtype=np.float32)
+    errors = np.array([[0, 0, 100], [3, 0.5, 100], [20, 10, 100]], dtype=np.float32)  # S,N
+    trajs_e = trajs_g.copy()
+    trajs_e[0, :, :, 0] += errors
+    valids = np.array([[1, 1, 0], [1, 1, 0], [1, 0, 0]], dtype=np.float32)[None]
+    return trajs_e, trajs_g, valids
+
+
+def test_pips_metrics_hand_computed():
+    metrics = compute_pips_metrics(*_toy_pips(), H=256, W=256)
+    # valid entries at t >= 1: errors 3, 20 (point 0) and 0.5 (point 1)
+    assert metrics["d_1"] == pytest.approx(100 / 3)
+    assert metrics["d_2"] == pytest.approx(100 / 3)
+    for thr in (4, 8, 16):
+        assert metrics[f"d_{thr}"] == pytest.approx(200 / 3)
+    assert metrics["d_avg"] == pytest.approx((100 / 3 * 2 + 200 / 3 * 3) / 5)
+    # survival: point 0 dies at frame 2 (20 > 16); point 1's error 10 is fine anyway; point 2 is never
+    # valid, so it survives everywhere (official definition): 8 of 9 entries alive
+    assert metrics["survival"] == pytest.approx(800 / 9)
+    # median_l2: median(0, 3, 20) = 3 and median(0, 0.5) = 0.25; point 2 is skipped, not NaN
+    assert metrics["median_l2"] == pytest.approx((3 + 0.25) / 2)
+
+
+def test_pips_metrics_normalise_by_256_per_axis():
+    # W=512, H=128: an x error of 4 px and a y error of 1 px are both 2 normalised pixels
+    trajs_g = np.zeros((1, 2, 2, 2), dtype=np.float32)
+    trajs_e = trajs_g.copy()
+    trajs_e[0, 1, 0] = [4.0, 0.0]
+    trajs_e[0, 1, 1] = [0.0, 1.0]
+    metrics = compute_pips_metrics(trajs_e, trajs_g, np.ones((1, 2, 2)), H=128, W=512)
+    assert metrics["d_2"] == 0.0
+    assert metrics["d_4"] == 100.0
+    assert metrics["median_l2"] == pytest.approx(1.0)  # median of (0, 2) per track
+
+
+def test_pips_metrics_accept_torch_and_numpy_alike():
+    trajs_e, trajs_g, valids = _toy_pips()
+    from_numpy = compute_pips_metrics(trajs_e, trajs_g, valids, H=256, W=256)
+    from_torch = compute_pips_metrics(
+        torch.from_numpy(trajs_e), torch.from_numpy(trajs_g), torch.from_numpy(valids) > 0, H=256, W=256
+    )
+    assert from_torch == from_numpy
+
+
+def test_pips_metrics_without_any_valid_entry():
+    trajs_e, trajs_g, _ = _toy_pips()
+    metrics = compute_pips_metrics(trajs_e, trajs_g, np.zeros((1, 3, 3)), H=256, W=256)
+    assert metrics["d_1"] == 0.0
+    assert metrics["survival"] == 100.0
+    assert np.isnan(metrics["median_l2"])
+
+
+def test_pips_metrics_reject_bad_shapes():
+    trajs_e, trajs_g, valids = _toy_pips()
+    with pytest.raises(ValueError, match="trajs_e must have 4 dimensions"):
+        compute_pips_metrics(trajs_e[0], trajs_g, valids, H=256, W=256)
+    with pytest.raises(ValueError, match="valids B,S,N"):
+        compute_pips_metrics(trajs_e, trajs_g, valids[:, :2], H=256, W=256)
+
+
+def test_ate_masks_by_visibility():
+    trajs_g = np.zeros((2, 1, 2, 2), dtype=np.float32)
+    trajs_e = trajs_g.copy()
+    trajs_e[0, 0, 0] = [3.0, 4.0]  # error 5, visible
+    trajs_e[0, 0, 1] = [6.0, 8.0]  # error 10, occluded
+    trajs_e[1, 0, 0] = [1.0, 0.0]  # error 1, visible; item 1 has no occluded point
+    visibs = np.array([[[1, 0]], [[1, 1]]], dtype=np.float32)
+    valids = np.array([[[1, 1]], [[1, 0]]], dtype=np.float32)
+    ate = compute_ate(trajs_e, trajs_g, visibs, valids)
+    assert ate["ate_all"] == pytest.approx((7.5 + 1.0) / 2)
+    assert ate["ate_vis"] == pytest.approx((5.0 + 1.0) / 2)
+    assert ate["ate_occ"] == pytest.approx(10.0)  # item 1 has an empty mask and is skipped
+    assert np.isnan(compute_ate(trajs_e, trajs_g, np.ones_like(visibs), valids)["ate_occ"])
+
+
+def _toy_tapvid():
+    """One point tracked over 5 frames, queried at frame 1, occluded at frame 3.
+
+    prediction: frame 0 far off (100, 100), frame 2 off by 1.5 px, frame 3 predicted visible,
+    frame 4 off by 5 px and predicted occluded.
+    """
+    query_points = np.array([[[1.0, 10.0, 10.0]]])
+    gt_tracks = np.full((1, 1, 5, 2), 10.0)
+    gt_occluded = np.array([[[False, False, False, True, False]]])
+    pred_tracks = gt_tracks.copy()
+    pred_tracks[0, 0, 0] = [100.0, 100.0]
+    pred_tracks[0, 0, 2, 0] += 1.5
+    pred_tracks[0, 0, 4, 1] += 5.0
+    pred_occluded = np.array([[[False, False, False, False, True]]])
+    return query_points, gt_occluded, gt_tracks, pred_occluded, pred_tracks
+
+
+def test_tapvid_first_mode_hand_computed():
+    metrics = compute_tapvid_metrics(*_toy_tapvid(), query_mode="first")
+    # evaluated frames 2, 3, 4: occlusion right at 2, wrong at 3 and 4; visible gt at 2 and 4
+    np.testing.assert_allclose(metrics["occlusion_accuracy"], [1 / 3])
+    expected_within = {1: 0.0, 2: 0.5, 4: 0.5, 8: 1.0, 16: 1.0}
+    # thr 1: nothing within, false positives at frames 2 (too far) and 3 (occluded) -> 0 / (2 + 2)
+    # thr >= 2: frame 2 is a true positive, frame 3 a false positive, frame 4 predicted occluded
+    expected_jaccard = {1: 0.0, 2: 1 / 3, 4: 1 / 3, 8: 1 / 3, 16: 1 / 3}
+    for thr in (1, 2, 4, 8, 16):
+        np.testing.assert_allclose(metrics[f"pts_within_{thr}"], [expected_within[thr]])
+        np.testing.assert_allclose(metrics[f"jaccard_{thr}"], [expected_jaccard[thr]])
+    np.testing.assert_allclose(metrics["average_jaccard"], [4 / 15])
+    np.testing.assert_allclose(metrics["average_pts_within_thresh"], [3 / 5])
+
+
+def test_tapvid_strided_mode_evaluates_frames_before_the_query():
+    metrics = compute_tapvid_metrics(*_toy_tapvid(), query_mode="strided")
+    # frame 0 joins: visible, predicted visible, 127 px off -> one more gt point and false positive
+    np.testing.assert_allclose(metrics["occlusion_accuracy"], [2 / 4])
+    np.testing.assert_allclose(metrics["pts_within_2"], [1 / 3])
+    np.testing.assert_allclose(metrics["jaccard_2"], [1 / 5])
+    np.testing.assert_allclose(metrics["jaccard_1"], [0.0])
+
+
+def test_tapvid_metrics_per_video():
+    one = _toy_tapvid()
+    two = [np.concatenate([a, a]) for a in one]
+    two[4][1] = two[2][1]  # second video: perfect positions
+    two[3][1] = two[1][1]  # and perfect occlusion
+    metrics = compute_tapvid_metrics(*two, query_mode="first")
+    np.testing.assert_allclose(metrics["average_jaccard"], [4 / 15, 1.0])
+    np.testing.assert_allclose(metrics["occlusion_accuracy"], [1 / 3, 1.0])
+
+
+def _two_points_gt():
+    """Point 0 is occluded at frame 2; point 1 is always visible. 6 frames."""
+    gt_occluded = np.zeros((2, 6), dtype=bool)
+    gt_occluded[0, 2] = True
+    gt_tracks = np.stack([np.full((6, 2), [5.0, 7.0]), np.full((6, 2), [20.0, 30.0])]).astype(np.float32)
+    return gt_occluded, gt_tracks
+
+
+def test_strided_queries_skip_occluded_query_frames():
+    gt_occluded, gt_tracks = _two_points_gt()
+    queries = sample_queries_strided(gt_occluded, gt_tracks, query_stride=2)
+    # query frames 0, 2, 4; point 0 is occluded at frame 2 so it gets no query there
+    np.testing.assert_array_equal(queries.point_index, [0, 1, 1, 0, 1])
+    np.testing.assert_array_equal(queries.query_points[0, :, 0], [0, 0, 2, 4, 4])
+    np.testing.assert_array_equal(queries.query_points[0, 0], [0.0, 7.0, 5.0])  # t, y, x
+    np.testing.assert_array_equal(queries.query_points[0, 1], [0.0, 30.0, 20.0])
+    assert queries.gt_occluded.shape == (1, 5, 6)
+    assert queries.gt_tracks.shape == (1, 5, 6, 2)
+    np.testing.assert_array_equal(queries.gt_occluded[0, 3], gt_occluded[0])
+
+
+def test_strided_occluded_frames_lower_jaccard_and_occlusion_accuracy():
+    gt_occluded, gt_tracks = _two_points_gt()
+    q = sample_queries_strided(gt_occluded, gt_tracks, query_stride=2)
+    perfect = compute_tapvid_metrics(
+        q.query_points, q.gt_occluded, q.gt_tracks, q.gt_occluded, q.gt_tracks, "strided"
+    )
+    assert perfect["average_jaccard"][0] == 1.0
+    assert perfect["occlusion_accuracy"][0] == 1.0
+    always_visible = np.zeros_like(q.gt_occluded)
+    metrics = compute_tapvid_metrics(
+        q.query_points, q.gt_occluded, q.gt_tracks, always_visible, q.gt_tracks, "strided"
+    )
+    # 5 queries x 5 evaluated frames; point 0's two queries (frames 0 and 4) each see frame 2 as a
+    # visible-predicted occluded frame: 2 of 25 wrong, and 23 true positives vs 23 visible + 2 false positives
+    np.testing.assert_allclose(metrics["occlusion_accuracy"], [23 / 25])
+    np.testing.assert_allclose(metrics["average_jaccard"], [23 / 25])
+    np.testing.assert_allclose(metrics["average_pts_within_thresh"], [1.0])
+
+
+def test_first_queries_use_first_visible_frame_and_drop_never_visible_points():
+    gt_occluded = np.array([[True, True, False, False], [True, True, True, True], [False] * 4])
+    gt_tracks = np.arange(3 * 4 * 2, dtype=np.float32).reshape(3, 4, 2)
+    queries = sample_queries_first(gt_occluded, gt_tracks)
+    np.testing.assert_array_equal(queries.point_index, [0, 2])
+    np.testing.assert_array_equal(queries.query_points[0], [[2, 5, 4], [0, 17, 16]])
+    np.testing.assert_array_equal(queries.gt_tracks[0, 1], gt_tracks[2])
+
+
+def test_tapvid_rejects_bad_input():
+    args = list(_toy_tapvid())
+    with pytest.raises(ValueError, match="unknown query_mode 'last'"):
+        compute_tapvid_metrics(*args, query_mode="last")
+    bad = args.copy()
+    bad[4] = bad[4][:, :, :4]
+    with pytest.raises(ValueError, match="pred_tracks must have shape"):
+        compute_tapvid_metrics(*bad, query_mode="first")
+    bad = args.copy()
+    bad[0] = np.array([[[5.0, 0.0, 0.0]]])
+    with pytest.raises(ValueError, match="query frames must lie in"):
+        compute_tapvid_metrics(*bad, query_mode="first")
+    with pytest.raises(ValueError, match="query_stride"):
+        sample_queries_strided(*_two_points_gt(), query_stride=0)
+    with pytest.raises(ValueError, match="gt_tracks N,T,2"):
+        sample_queries_first(np.zeros((2, 6), dtype=bool), np.zeros((2, 5, 2)))
