@@ -39,6 +39,9 @@ class Pips(nn.Module):
     def encode(self, rgbs: torch.Tensor) -> torch.Tensor:
         """rgbs B,S,3,H,W float 0..255 -> fmaps B,S,C,H//stride,W//stride."""
         B, S, _, H, W = rgbs.shape
+        min_side = self.stride * 2 ** (self.corr_levels - 1)
+        if min(H, W) < min_side:
+            raise ValueError(f"frames of {H}x{W} are too small: each side needs at least {min_side} pixels")
         x = 2 * (rgbs.reshape(B * S, 3, H, W) / 255.0) - 1
         fmaps = self.fnet(x)  # BS,C,H8,W8
         return fmaps.reshape(B, S, *fmaps.shape[1:])  # B,S,C,H8,W8

@@ -111,3 +111,8 @@ def test_sequence_loss_by_hand() -> None:
     valids = torch.tensor([[[1.0], [0.0]]])
     expected = (0.8 * 2.0 + 1.0 * 1.0) / 2
     assert sequence_loss(preds, gt, valids, gamma=0.8).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_too_small_frames_error() -> None:
+    with pytest.raises(ValueError, match="frames of 48x96 are too small"):
+        Pips()(torch.zeros(1, 2, 1, 2), torch.zeros(1, 2, 3, 48, 96))
