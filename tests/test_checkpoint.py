@@ -97,3 +97,8 @@ def test_parameter_table_total(model: Pips) -> None:
     table = parameter_table(model)
     assert table.endswith("total params: 17.57 M")
     assert "fnet.conv2.weight" in table and "norm.weight" not in table
+
+
+def test_load_weights_points_at_download_script(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="get_reference_model.sh"):
+        checkpoint.load_weights(tmp_path / "reference_model", Pips())

@@ -164,3 +164,13 @@ def load(
             raise ValueError(f"checkpoint {p} has no scheduler state")
         scheduler.load_state_dict(state["scheduler_state_dict"])
     return int(state["step"])
+
+
+def load_weights(init_dir: str | os.PathLike, model: nn.Module) -> int:
+    """Model weights for evaluation or the demo; a missing checkpoint points at get_reference_model.sh."""
+    try:
+        return load(init_dir, model)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"{e}. Run ./get_reference_model.sh to download the reference model, or pass --init_dir"
+        ) from None
