@@ -1,5 +1,10 @@
 """Training/evaluation logging: a parameter table, running means and a thin TensorBoard wrapper."""
 
+import math
+from collections import defaultdict, deque
+from pathlib import Path
+
+import numpy as np
 import torch.nn as nn
 from prettytable import PrettyTable
 
@@ -15,3 +20,56 @@ def parameter_table(model: nn.Module, min_params: int = 100_000) -> str:
         if p.numel() > min_params:
             table.add_row([name, f"{p.numel():,}"])
     return f"{table}\ntotal params: {total / 1e6:.2f} M"
+
+
+class RunningMeans:
+    """Means over the last `window` finite values of each key (the official pools); NaN while empty."""
+
+    def __init__(self, window: int = 1000) -> None:
+        self.values: dict[str, deque] = defaultdict(lambda: deque(maxlen=window))
+
+    def update(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            if math.isfinite(v):
+                self.values[k].append(float(v))
+
+    def mean(self, key: str) -> float:
+        vals = self.values.get(key)
+        return float(np.mean(vals)) if vals else float("nan")
+
+    def means(self) -> dict[str, float]:
+        return {k: self.mean(k) for k in self.values}
+
+
+class Logger:
+    """TensorBoard scalars and gifs (tensorboardX); a no-op when disabled (e.g. on ranks other than 0)."""
+
+    def __init__(self, log_dir: str | Path, enabled: bool = True) -> None:
+        self.writer = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(log_dir), max_queue=10, flush_secs=60)
+
+    def scalars(self, step: int, metrics: dict[str, float], prefix: str = "") -> None:
+        if self.writer is None:
+            return
+        for k, v in metrics.items():
+            if math.isfinite(v):
+                self.writer.add_scalar(f"{prefix}{k}", v, step)
+
+    def gif(self, tag: str, frames: np.ndarray, step: int, fps: int = 8) -> None:
+        """frames T,H,W,3 uint8."""
+        if self.writer is None:
+            return
+        video = np.ascontiguousarray(frames.transpose(0, 3, 1, 2))[None]  # 1,T,3,H,W
+        self.writer.add_video(tag, video, step, fps=fps)
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """image H,W,3 uint8."""
+        if self.writer is not None:
+            self.writer.add_image(tag, image, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
