@@ -1,0 +1,238 @@
+"""Exported training clips: `<root>/<version>/<id:06d>/{rgb.mp4, track.npz}`.
+
+`rgb.mp4` holds S RGB frames of H,W (H.264) and `track.npz` holds `track_g` S,N,4 float32 =
+x, y, vis, valid in the pixel coordinates of those frames (integer = pixel centre; padding points
+are all zero). `version` is `<tag>_<S>_<N>_<H>x<W>`, e.g. `ae_36_128_384x512`.
+
+Writing is safe to interrupt and to share between processes: a clip is built in a hidden temporary
+folder next to its final place and renamed into place, so a clip folder is complete or absent, and
+a process claims a clip id first with a lock file created exclusively (O_CREAT|O_EXCL), so no clip
+is written twice. Locks and temporary folders left by killed processes are recognised as stale
+(owner process gone, or older than STALE_AFTER_S when written from another host) and replaced.
+"""
+
+import logging
+import os
+import shutil
+import socket
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from datasets.augment import photometric_clip
+from datasets.sample import ClipSample
+from utils.video import read_frames, write_video
+
+logger = logging.getLogger(__name__)
+
+FPS = 24
+CRF = 20  # x264 constant quality of the official export
+LOCK_SUFFIX = ".lock"
+TMP_PREFIX = ".tmp-"
+STALE_AFTER_S = 600.0  # a lock or temporary folder from another host older than this is abandoned
+MAX_REPLACEMENTS = 20  # corrupted clips tried in a row before giving up
+
+
+def export_version(tag: str, S: int, N: int, crop_size: tuple[int, int]) -> str:
+    """Folder name of an export, e.g. ('ae', 36, 128, (384, 512)) -> 'ae_36_128_384x512'."""
+    return f"{tag}_{S}_{N}_{crop_size[0]}x{crop_size[1]}"
+
+
+def clip_dir(out_dir: Path, clip_id: int) -> Path:
+    return Path(out_dir) / f"{clip_id:06d}"
+
+
+def list_clips(out_dir: Path) -> list[Path]:
+    """Complete clip folders of an export, sorted by id (temporary folders and locks are skipped)."""
+    return sorted(p for p in Path(out_dir).iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def _owner() -> tuple[str, int]:
+    return socket.gethostname(), os.getpid()
+
+
+def _owner_alive(host: str, pid: int, mtime: float) -> bool:
+    if host != socket.gethostname():
+        return time.time() - mtime < STALE_AFTER_S
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _lock_alive(lock: Path) -> bool:
+    try:
+        text, mtime = lock.read_text(), lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    host, _, pid = text.strip().rpartition(" ")
+    if not pid.isdigit():  # just created, owner not written yet
+        return time.time() - mtime < STALE_AFTER_S
+    return _owner_alive(host, int(pid), mtime)
+
+
+def _temp_dir(out_dir: Path, clip_id: int) -> Path:
+    host, pid = _owner()
+    return Path(out_dir) / f"{TMP_PREFIX}{clip_id:06d}-{host}-{pid}"
+
+
+def _remove_abandoned_temps(out_dir: Path, clip_id: int) -> None:
+    for tmp in Path(out_dir).glob(f"{TMP_PREFIX}{clip_id:06d}-*"):
+        owner = tmp.name[len(TMP_PREFIX) :].partition("-")[2]  # <host>-<pid>
+        host, _, pid = owner.rpartition("-")
+        try:
+            mtime = tmp.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if not pid.isdigit() or not _owner_alive(host, int(pid), mtime):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def claim_clip(out_dir: Path, clip_id: int) -> bool:
+    """Take the lock of one clip id; False if a live process holds it. A stale lock is replaced,
+    and temporary folders its dead owner left for this id are removed."""
+    lock = Path(out_dir) / f"{clip_id:06d}{LOCK_SUFFIX}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if _lock_alive(lock):
+                return False
+            lock.unlink(missing_ok=True)
+            continue
+        host, pid = _owner()
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{host} {pid}\n")
+        _remove_abandoned_temps(out_dir, clip_id)
+        return True
+    return False
+
+
+def release_clip(out_dir: Path, clip_id: int) -> None:
+    (Path(out_dir) / f"{clip_id:06d}{LOCK_SUFFIX}").unlink(missing_ok=True)
+
+
+def write_clip(out_dir: Path, clip_id: int, sample: ClipSample) -> bool:
+    """Write one clip atomically; False if another process put a complete clip there first."""
+    final, tmp = clip_dir(out_dir, clip_id), _temp_dir(out_dir, clip_id)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write_video(tmp / "rgb.mp4", sample.rgbs.transpose(0, 2, 3, 1), fps=FPS, crf=CRF)  # S,H,W,3
+        np.savez_compressed(tmp / "track.npz", track_g=sample.track_g)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if final.is_dir():
+                return False
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing left there after a successful rename
+    return True
+
+
+class _CorruptClip(Exception):
+    pass
+
+
+def _read_track(clip: Path) -> np.ndarray:
+    try:
+        with np.load(clip / "track.npz") as data:
+            return np.asarray(data["track_g"], dtype=np.float32)  # S,N,4
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise _CorruptClip(f"unreadable track.npz in {clip}: {err}") from err
+
+
+def _read_rgbs(clip: Path, S: int) -> np.ndarray:
+    try:
+        rgbs = read_frames(clip / "rgb.mp4", max_frames=S)  # T,H,W,3 RGB
+    except (OSError, ValueError) as err:
+        raise _CorruptClip(f"unreadable rgb.mp4 in {clip}: {err}") from err
+    if len(rgbs) < S:
+        raise _CorruptClip(f"short rgb.mp4 in {clip}: {len(rgbs)} frames, expected {S}")
+    return rgbs
+
+
+class ExportDataset(Dataset):
+    """Clips written by export_mp4_dataset.py, in sorted id order.
+
+    Each item is a ClipSample with rgbs S,3,H,W uint8 RGB and a random subset (without replacement)
+    of N of the clip's points; with use_augs the photometric augmentation is applied (same
+    parameters on all frames). Items are a pure function of (seed, epoch, index). A clip that cannot
+    be read (corrupted or short mp4, broken npz) is reported once with logging.warning and another
+    clip is returned in its place; clips of the wrong S, N or size raise ValueError.
+    """
+
+    def __init__(
+        self,
+        dataset_location: str = "./pod_export",
+        version: str = "ae_36_128_384x512",
+        S: int = 36,
+        N: int = 128,
+        crop_size: tuple[int, int] = (384, 512),
+        use_augs: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.root = Path(dataset_location) / version
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"no export folder {self.root}; write one with export_mp4_dataset.py")
+        self.clips = list_clips(self.root)
+        if not self.clips:
+            raise FileNotFoundError(f"export folder {self.root} holds no clips")
+        self.S, self.N, self.crop_size = S, N, (int(crop_size[0]), int(crop_size[1]))
+        self.use_augs, self.seed, self.epoch = use_augs, seed, 0
+        self._bad: set[Path] = set()
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        # fail at construction, not inside a DataLoader worker, when S, N or crop_size do not match
+        for clip in self.clips[:MAX_REPLACEMENTS]:
+            try:
+                self._load(clip, np.random.default_rng(0), augment=False)
+                return
+            except _CorruptClip:
+                continue
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def _load(self, clip: Path, rng: np.random.Generator, augment: bool) -> ClipSample:
+        track = _read_track(clip)  # S,N',4
+        if track.ndim != 3 or track.shape[0] != self.S or track.shape[2] != 4:
+            raise ValueError(f"clip {clip}: track_g has shape {track.shape}, expected ({self.S}, N, 4)")
+        if track.shape[1] < self.N:
+            raise ValueError(f"clip {clip} has {track.shape[1]} points, fewer than N={self.N}")
+        rgbs = _read_rgbs(clip, self.S)  # S,H,W,3
+        if rgbs.shape[1:3] != self.crop_size:
+            raise ValueError(f"clip {clip}: frames are {rgbs.shape[1:3]}, expected {self.crop_size}")
+        track = track[:, rng.permutation(track.shape[1])[: self.N]]  # S,N,4
+        if augment:
+            rgbs = photometric_clip(rgbs, rng)
+        return ClipSample(
+            rgbs=np.ascontiguousarray(rgbs.transpose(0, 3, 1, 2)),  # S,3,H,W
+            trajs=np.ascontiguousarray(track[..., :2]),  # S,N,2
+            visibs=np.ascontiguousarray(track[..., 2]),  # S,N
+            valids=np.ascontiguousarray(track[..., 3]),  # S,N
+        )
+
+    def __getitem__(self, index: int) -> ClipSample:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        for _ in range(MAX_REPLACEMENTS):
+            clip = self.clips[index]
+            if clip not in self._bad:
+                try:
+                    return self._load(clip, rng, self.use_augs)
+                except _CorruptClip as err:
+                    self._bad.add(clip)
+                    logger.warning("%s; using another clip in its place", err)
+            index = int(rng.integers(len(self.clips)))
+        raise RuntimeError(f"{MAX_REPLACEMENTS} unreadable clips in a row in {self.root}")

@@ -1,0 +1,149 @@
+import logging
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch.utils.data import DataLoader
+
+from datasets.exportdataset import (
+    ExportDataset,
+    claim_clip,
+    clip_dir,
+    export_version,
+    list_clips,
+    release_clip,
+    write_clip,
+)
+from datasets.sample import ClipSample
+from utils.video import write_video
+
+S, N, H, W = 6, 10, 32, 48
+VERSION = export_version("t", S, N, (H, W))
+
+
+def make_sample(seed: int, num_points: int = N, num_frames: int = S) -> ClipSample:
+    """A smooth clip (H.264 keeps it within a few grey levels) whose red level encodes the frame
+    and whose blue level encodes the seed, with random tracks."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:H, 0:W]
+    rgbs = np.zeros((num_frames, 3, H, W), dtype=np.uint8)
+    for t in range(num_frames):
+        rgbs[t, 0] = 40 + 30 * t
+        rgbs[t, 1] = 2 * xs + ys
+        rgbs[t, 2] = 20 + 10 * seed
+    return ClipSample(
+        rgbs=rgbs,
+        trajs=rng.uniform(0, W - 1, (num_frames, num_points, 2)).astype(np.float32),
+        visibs=(rng.random((num_frames, num_points)) < 0.7).astype(np.float32),
+        valids=(rng.random((num_frames, num_points)) < 0.9).astype(np.float32),
+    )
+
+
+def make_export(root: Path, num_clips: int, num_points: int = N) -> Path:
+    out_dir = root / VERSION
+    out_dir.mkdir(parents=True)
+    for i in range(num_clips):
+        assert write_clip(out_dir, i, make_sample(i, num_points))
+    return out_dir
+
+
+def stack_rgbs(batch: list[ClipSample]) -> np.ndarray:
+    return np.stack([s.rgbs for s in batch])  # B,S,3,H,W
+
+
+def test_round_trip_through_export_dataset(tmp_path):
+    out_dir = make_export(tmp_path, 3, num_points=N + 5)
+    ds = ExportDataset(str(tmp_path), VERSION, S=S, N=N, crop_size=(H, W))
+    assert len(ds) == 3 and [p.name for p in ds.clips] == ["000000", "000001", "000002"]
+    for i in range(3):
+        written, item = make_sample(i, N + 5), ds[i]
+        assert item.rgbs.shape == (S, 3, H, W) and item.rgbs.dtype == np.uint8
+        assert np.abs(item.rgbs.astype(int) - written.rgbs).mean() < 2  # RGB order kept
+        # a subset of N distinct points, with their x, y, vis, valid kept together
+        match = (item.track_g[:, :, None] == written.track_g[:, None]).all(axis=(0, 3))  # N,N'
+        assert (match.sum(axis=1) == 1).all() and len(set(match.argmax(axis=1))) == N
+    assert sorted(p.name for p in out_dir.iterdir()) == ["000000", "000001", "000002"]
+
+
+def test_items_are_a_function_of_seed_epoch_and_index(tmp_path):
+    make_export(tmp_path, 2, num_points=3 * N)
+    ds = ExportDataset(str(tmp_path), VERSION, S=S, N=N, crop_size=(H, W), use_augs=True, seed=1)
+    a, b = ds[1], ds[1]
+    np.testing.assert_array_equal(a.rgbs, b.rgbs)
+    np.testing.assert_array_equal(a.trajs, b.trajs)
+    ds.set_epoch(1)
+    assert not np.array_equal(ds[1].trajs, a.trajs)
+    ds.set_epoch(0)
+    np.testing.assert_array_equal(ds[1].trajs, a.trajs)
+    plain = ExportDataset(str(tmp_path), VERSION, S=S, N=N, crop_size=(H, W), seed=1)
+    changed = 0
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        changed += sum(not np.array_equal(ds[i].rgbs, plain[i].rgbs) for i in range(2))
+    assert changed > 0
+
+
+def test_clear_errors_for_missing_or_mismatched_exports(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no export folder"):
+        ExportDataset(str(tmp_path), VERSION)
+    (tmp_path / VERSION).mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no clips"):
+        ExportDataset(str(tmp_path), VERSION)
+    (tmp_path / VERSION).rmdir()
+    make_export(tmp_path, 1)
+    with pytest.raises(ValueError, match=r"000000 has 10 points, fewer than N=11"):
+        ExportDataset(str(tmp_path), VERSION, S=S, N=N + 1, crop_size=(H, W))
+    with pytest.raises(ValueError, match=r"000000: track_g has shape \(6, 10, 4\), expected \(8, N, 4\)"):
+        ExportDataset(str(tmp_path), VERSION, S=8, N=N, crop_size=(H, W))
+    with pytest.raises(ValueError, match=r"000000: frames are \(32, 48\), expected \(64, 48\)"):
+        ExportDataset(str(tmp_path), VERSION, S=S, N=N, crop_size=(64, W))
+
+
+def test_corrupted_clips_are_reported_once_and_replaced(tmp_path, caplog):
+    out_dir = make_export(tmp_path, 4)
+    (clip_dir(out_dir, 1) / "rgb.mp4").write_bytes(b"not a video")
+    write_video(clip_dir(out_dir, 2) / "rgb.mp4", make_sample(2).rgbs[:3].transpose(0, 2, 3, 1))  # short
+    ds = ExportDataset(str(tmp_path), VERSION, S=S, N=N, crop_size=(H, W))
+    seeds = set()
+    with caplog.at_level(logging.WARNING, logger="datasets.exportdataset"):
+        for epoch in range(3):
+            ds.set_epoch(epoch)
+            for batch in DataLoader(ds, batch_size=2, collate_fn=stack_rgbs):
+                assert batch.shape == (2, S, 3, H, W)
+                assert (batch.reshape(2, -1).max(axis=1) > 0).all()  # never an all-zero placeholder
+                seeds.update(int(round((v - 20) / 10)) for v in batch[:, 0, 2].mean(axis=(1, 2)))
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert any("000001" in m and "unreadable rgb.mp4" in m for m in messages)
+    assert any("000002" in m and "short rgb.mp4" in m and "3 frames, expected 6" in m for m in messages)
+    assert seeds == {0, 3}
+    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=stack_rgbs)
+    assert all((b.reshape(2, -1).max(axis=1) > 0).all() for b in loader)
+
+
+def test_clip_folders_are_written_once_and_locks_exclude(tmp_path):
+    out_dir = tmp_path / VERSION
+    out_dir.mkdir()
+    assert claim_clip(out_dir, 7)
+    assert not claim_clip(out_dir, 7)  # held by this live process
+    assert write_clip(out_dir, 7, make_sample(7))
+    assert not write_clip(out_dir, 7, make_sample(8))  # a second writer loses, the first clip stays
+    release_clip(out_dir, 7)
+    with np.load(clip_dir(out_dir, 7) / "track.npz") as data:
+        np.testing.assert_array_equal(data["track_g"], make_sample(7).track_g)
+    assert [p.name for p in out_dir.iterdir()] == ["000007"]
+
+
+def test_stale_locks_and_temporary_folders_are_replaced(tmp_path):
+    out_dir = tmp_path / VERSION
+    out_dir.mkdir()
+    host = socket.gethostname()
+    dead_pid = 2**22 + 12345  # above the default pid_max: no such process
+    (out_dir / "000003.lock").write_text(f"{host} {dead_pid}\n")
+    abandoned = out_dir / f".tmp-000003-{host}-{dead_pid}"
+    abandoned.mkdir()
+    (abandoned / "rgb.mp4").write_bytes(b"half")
+    assert claim_clip(out_dir, 3)
+    assert not abandoned.exists()
+    assert list_clips(out_dir) == []
