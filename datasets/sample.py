@@ -1,8 +1,10 @@
 """The typed training/evaluation clip that every reader returns."""
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
+import torch
 
 
 @dataclass
@@ -32,6 +34,23 @@ class ClipSample:
     @property
     def track_g(self) -> np.ndarray:
         """S,N,4 float32 = x, y, vis, valid (the exported-clip format)."""
-        return np.concatenate(
-            [self.trajs, self.visibs[..., None], self.valids[..., None]], axis=-1
-        ).astype(np.float32)
+        return np.concatenate([self.trajs, self.visibs[..., None], self.valids[..., None]], axis=-1).astype(
+            np.float32
+        )
+
+
+class ClipBatch(NamedTuple):
+    rgbs: torch.Tensor  # B,S,3,H,W uint8
+    trajs: torch.Tensor  # B,S,N,2
+    visibs: torch.Tensor  # B,S,N
+    valids: torch.Tensor  # B,S,N
+
+    def to(self, device: torch.device | str) -> "ClipBatch":
+        return ClipBatch(*(x.to(device, non_blocking=True) for x in self))
+
+
+def collate_clips(samples: list[ClipSample]) -> ClipBatch:
+    """Stack ClipSamples into a batch of tensors (the DataLoader's collate_fn)."""
+    return ClipBatch(
+        *(torch.from_numpy(np.stack([getattr(s, k) for s in samples])) for k in ClipBatch._fields)
+    )
