@@ -38,6 +38,8 @@ def test_streaming_writer_to_a_temporary_name(tmp_path):
         for frame in frames:
             writer.write(frame)
     assert writer.num_frames == 5
+    with pytest.raises(ValueError, match="is closed"):
+        writer.write(frames[0])
     assert path.read_bytes()[4:8] == b"ftyp"  # an mp4 container despite the name
     final = path.rename(tmp_path / "rgb.mp4")
     assert video_info(final).fps == 10.0
@@ -121,3 +123,10 @@ def test_writer_rejects_bad_frames(tmp_path):
         write_video(tmp_path / "none.mp4", [])
     with pytest.raises(ValueError, match="format 'tmp'"):
         VideoWriter(tmp_path / "out.tmp")
+
+
+def test_ffmpeg_failure_is_reported_with_its_reason(tmp_path):
+    target = tmp_path / "taken.mp4"
+    target.mkdir()  # ffmpeg cannot open a folder as its output
+    with pytest.raises(OSError, match="taken.mp4.*Is a directory"):
+        write_video(target, np.zeros((3, 32, 32, 3), dtype=np.uint8))

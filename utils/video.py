@@ -219,6 +219,8 @@ class VideoWriter:
 
     def write(self, frame: np.ndarray) -> None:
         """Append one H,W,3 uint8 RGB frame; all frames must have the first frame's size."""
+        if self._log.closed:
+            raise ValueError(f"writer of {self.path} is closed")
         frame = np.asarray(frame)
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError(f"frames must be H,W,3 uint8, got {frame.shape} {frame.dtype} for {self.path}")
