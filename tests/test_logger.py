@@ -2,21 +2,22 @@ import math
 import struct
 from pathlib import Path
 
+import imageio.v3
 import numpy as np
 from tensorboardX.proto.event_pb2 import Event
 
 from utils.logger import Logger, RunningMeans
 
 
-def read_tags(event_file: Path) -> set[str]:
-    """Tags in a TFRecord event file (length u64, crc u32, payload, crc u32 per record)."""
-    data, tags, pos = event_file.read_bytes(), set(), 0
+def read_values(event_file: Path) -> dict:
+    """Summary values by tag in a TFRecord event file (length u64, crc u32, payload, crc u32 per record)."""
+    data, values, pos = event_file.read_bytes(), {}, 0
     while pos < len(data):
         (length,) = struct.unpack("<Q", data[pos : pos + 8])
         event = Event.FromString(data[pos + 12 : pos + 12 + length])
-        tags |= {v.tag for v in event.summary.value}
+        values.update({v.tag: v for v in event.summary.value})
         pos += 12 + length + 4
-    return tags
+    return values
 
 
 def test_running_means_window_and_nan() -> None:
@@ -31,10 +32,18 @@ def test_running_means_window_and_nan() -> None:
 def test_logger_writes_scalars_and_gif(tmp_path) -> None:
     log = Logger(tmp_path)
     log.scalars(3, {"loss": 0.5, "bad": float("inf")}, prefix="train/")
-    log.gif("tracks", np.zeros((4, 8, 8, 3), np.uint8), 3, fps=4)
+    frames = np.zeros((4, 8, 10, 3), np.uint8)
+    frames[:, :, :, 0] = np.arange(4)[:, None, None] * 60
+    log.gif("tracks", frames, 3, fps=4)
     log.close()
     (event_file,) = tmp_path.glob("events.out.tfevents.*")
-    assert read_tags(event_file) == {"train/loss", "tracks"}
+    values = read_values(event_file)
+    assert set(values) == {"train/loss", "tracks"}
+    assert values["train/loss"].simple_value == 0.5
+    gif = values["tracks"].image.encoded_image_string
+    decoded = imageio.v3.imread(gif, index=None)
+    assert gif[:3] == b"GIF" and decoded.shape[:3] == (4, 8, 10)
+    assert abs(int(decoded[3, 0, 0, 0]) - 180) <= 2
 
 
 def test_disabled_logger_writes_nothing(tmp_path) -> None:

@@ -4,9 +4,11 @@ import math
 from collections import defaultdict, deque
 from pathlib import Path
 
+import imageio.v3
 import numpy as np
 import torch.nn as nn
 from prettytable import PrettyTable
+from tensorboardX.proto.summary_pb2 import Summary
 
 
 def parameter_table(model: nn.Module, min_params: int = 100_000) -> str:
@@ -59,11 +61,14 @@ class Logger:
                 self.writer.add_scalar(f"{prefix}{k}", v, step)
 
     def gif(self, tag: str, frames: np.ndarray, step: int, fps: int = 8) -> None:
-        """frames T,H,W,3 uint8."""
+        """frames T,H,W,3 uint8, shown as an animated image in TensorBoard's image tab."""
         if self.writer is None:
             return
-        video = np.ascontiguousarray(frames.transpose(0, 3, 1, 2))[None]  # 1,T,3,H,W
-        self.writer.add_video(tag, video, step, fps=fps)
+        T, H, W, _ = frames.shape
+        data = imageio.v3.imwrite("<bytes>", frames, extension=".gif", duration=1000 / fps, loop=0)
+        image = Summary.Image(height=H, width=W, colorspace=3, encoded_image_string=data)
+        summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+        self.writer._get_file_writer().add_summary(summary, step)
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
         """image H,W,3 uint8."""
