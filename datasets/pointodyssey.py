@@ -9,6 +9,7 @@ keys present, not from the file name. Tracks are pixel x,y with pixel centres at
 import logging
 import re
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,7 +176,7 @@ def _imread(path: Path, flags: int) -> np.ndarray:
     return img
 
 
-def load_rgbs(paths: list[Path], frame_ids: np.ndarray | list[int] | None = None) -> np.ndarray:
+def load_rgbs(paths: Sequence[Path], frame_ids: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
     """Reads the frames `paths[i]` for i in frame_ids (default all): S,H,W,3 uint8 RGB."""
     chosen = paths if frame_ids is None else [paths[int(i)] for i in frame_ids]
     return np.stack([_imread(p, cv2.IMREAD_COLOR)[..., ::-1] for p in chosen])  # S,H,W,3

@@ -31,6 +31,7 @@ BACKGROUND_ID = 1  # instance id of the background in masks; objects are 2, 3, .
 BG_DEPTH = 40.0  # background depth at camera zoom 1 (scene units)
 OBJ_DEPTH = 10.0  # object depth at object scale 1
 NEAR_DEPTH = 4.0  # objects nearer than this (scale > 2.5) count as behind the camera
+MAX_BG_FRAMES = 6  # largest background texture, in frame areas
 
 
 @dataclass
@@ -212,10 +213,19 @@ def _project(homs: np.ndarray, points: np.ndarray) -> np.ndarray:
     return out[..., :2] / out[..., 2:]
 
 
+def _view_bounds(homs: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """World x,y bounds (lo, hi), with an 8 px margin, of everything the frames of homs S,3,3 see."""
+    corners = np.array([[0, 0], [width - 1, 0], [0, height - 1], [width - 1, height - 1]], np.float64)
+    seen = _project(np.linalg.inv(homs), corners).reshape(-1, 2)  # S*4,2
+    return np.floor(seen.min(0)) - 8, np.ceil(seen.max(0)) + 8
+
+
 def _camera_homographies(
     num_frames: int, height: int, width: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """S,3,3 world -> frame homographies of a smoothly moving, rotating, zooming, tilting camera."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """World -> frame homographies S,3,3 of a smoothly moving, rotating, zooming, tilting camera, its
+    zoom S, and the world bounds lo, hi of the region it sees. Paths that would need a background texture
+    larger than MAX_BG_FRAMES frames are shrunk, keeping texture synthesis fast."""
     dim = max(height, width)
     speed = _log_uniform(rng, 0.0005, 0.04) * dim
     direction = rng.uniform(0, 2 * np.pi)
@@ -224,13 +234,18 @@ def _camera_homographies(
     ty = _smooth_path(num_frames, speed * np.sin(direction), wobble, rng)
     spin = np.deg2rad(rng.uniform(-0.4, 0.4)) * (rng.random() < 0.5)
     theta = _smooth_path(num_frames, spin, np.deg2rad(rng.uniform(0, 0.5)), rng)
-    zoom = np.clip(
-        np.exp(_smooth_path(num_frames, rng.uniform(-0.006, 0.006), rng.uniform(0, 0.01), rng)), 0.7, 1.4
-    )
+    log_zoom = _smooth_path(num_frames, rng.uniform(-0.006, 0.006), rng.uniform(0, 0.01), rng)
     tilt = np.eye(3)
     tilt[2, :2] = rng.uniform(-0.25, 0.25, size=2) / dim
-    homs = _translation(tx + width / 2, ty + height / 2) @ _rotation_scale(theta, zoom) @ tilt
-    return homs @ _shift(-width / 2, -height / 2), zoom  # S,3,3 and S
+    shrink = 1.0
+    while True:
+        zoom = np.clip(np.exp(shrink * log_zoom), 0.7, 1.4)
+        homs = _translation(shrink * tx + width / 2, shrink * ty + height / 2) @ _rotation_scale(theta, zoom)
+        homs = homs @ tilt @ _shift(-width / 2, -height / 2)  # S,3,3
+        lo, hi = _view_bounds(homs, height, width)
+        if np.prod(hi - lo + 1) <= MAX_BG_FRAMES * height * width or shrink < 0.01:
+            return homs, zoom, lo, hi
+        shrink *= 0.7
 
 
 def _background_layer(
@@ -241,11 +256,7 @@ def _background_layer(
     point_frames: Sequence[int],
     rng: np.random.Generator,
 ) -> Layer:
-    homs, zoom = _camera_homographies(num_frames, height, width, rng)
-    corners = np.array([[0, 0], [width - 1, 0], [0, height - 1], [width - 1, height - 1]], np.float64)
-    seen = _project(np.linalg.inv(homs), corners).reshape(-1, 2)  # S*4,2 world corners of every view
-    lo = np.floor(seen.min(0)) - 8
-    hi = np.ceil(seen.max(0)) + 8
+    homs, zoom, lo, hi = _camera_homographies(num_frames, height, width, rng)
     tex_w, tex_h = (hi - lo).astype(int) + 1
     texture = procedural_texture(tex_h, tex_w, 0.08 * min(height, width), rng)
     homs = homs @ _shift(lo[0], lo[1])  # texture pixel -> world -> frame
