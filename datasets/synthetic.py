@@ -489,6 +489,8 @@ class SyntheticClips(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> ClipSample:
+        """A fresh scene: rgbs S,3,H,W uint8 at crop_size, trajs S,N,2 (x,y pixels), visibs/valids S,N,
+        every point visible and valid at frame 0."""
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} clips")
         rng = np.random.default_rng([self.seed, self.epoch, index])
