@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from datasets.augment import just_crop, just_resize
+from datasets.augment import augment_clip, just_crop, just_resize
 from datasets.sample import ClipSample
 
 logger = logging.getLogger(__name__)
@@ -354,8 +354,6 @@ class PointOdysseyDataset(Dataset):
         trajs, visibs, valids = trajs[:, keep], visibs[:, keep], valids[:, keep]
 
         if self.use_augs:
-            from datasets.augment import augment_clip
-
             rgbs, trajs, visibs, valids = augment_clip(rgbs, trajs, visibs, valids, self.crop_size, rng)
         elif rng.random() < 0.5:
             rgbs, trajs = just_crop(rgbs, trajs, self.crop_size, rng)

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-import datasets.augment
+import datasets.pointodyssey
 from datasets.pointodyssey import (
     PointOdysseyDataset,
     PointOdysseyFullSeq,
@@ -267,11 +267,21 @@ def test_use_augs_calls_augment_clip(pod_root, monkeypatch):
         h, w = crop_size
         return rgbs[:, :h, :w].copy(), trajs, visibs, valids
 
-    monkeypatch.setattr(datasets.augment, "augment_clip", fake_augment_clip, raising=False)
+    monkeypatch.setattr(datasets.pointodyssey, "augment_clip", fake_augment_clip)
     ds = PointOdysseyDataset(pod_root, "train", S=4, N=16, crop_size=(64, 96), use_augs=True)
     sample = ds[0]
     assert calls and calls[0][0] == (4, H, W, 3) and calls[0][2] == (64, 96)
     assert sample.rgbs.shape == (4, 3, 64, 96)
+
+
+def test_augmented_samples(pod_root):
+    ds = PointOdysseyDataset(pod_root, "train", S=6, N=32, crop_size=(64, 96), use_augs=True, seed=2)
+    for i in (0, 9):
+        a = ds[i]
+        assert a.rgbs.shape == (6, 3, 64, 96) and a.trajs.shape == (6, 32, 2)
+        n = int((a.valids.sum(0) > 0).sum())
+        assert n >= 16 and np.all(a.visibs[:2, :n] == 1)
+        np.testing.assert_array_equal(ds[i].rgbs, a.rgbs)
 
 
 # ---- full sequences
