@@ -1,0 +1,78 @@
+"""TAP-Vid-DAVIS reader: `<dataset_location>/tapvid_davis.pkl`, a pickled dict
+name -> {'video': T,H,W,3 uint8 RGB, 'points': N,T,2 float x,y normalised to [0,1], 'occluded': N,T bool}
+(a list of such dicts is accepted too; its videos are named by index)."""
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+PICKLE_NAME = "tapvid_davis.pkl"
+
+
+@dataclass
+class TapVidVideo:
+    """One whole video with all its annotated points. Coordinates follow the official reader:
+    x = x_norm * (W-1), y = y_norm * (H-1), so 1.0 lies on the last pixel centre."""
+
+    name: str
+    video: np.ndarray  # T,H,W,3 uint8 RGB
+    trajs: np.ndarray  # T,N,2 float32, x,y pixels
+    visibs: np.ndarray  # T,N float32, 1 = visible (TAP-Vid annotates positions of visible points only)
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return self.video.shape[1], self.video.shape[2]
+
+    def visible_at_first_frame(self) -> np.ndarray:
+        """N bool: the points of the official frame-0 protocol (visible at frame 0)."""
+        return self.visibs[0] > 0
+
+
+def _check_entry(name: str, entry: object, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not isinstance(entry, dict) or not {"video", "points", "occluded"} <= set(entry):
+        raise ValueError(f"{path}: video {name!r} needs the keys 'video', 'points' and 'occluded'")
+    video = np.asarray(entry["video"])
+    points = np.asarray(entry["points"], dtype=np.float32)
+    occluded = np.asarray(entry["occluded"], dtype=bool)
+    if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
+        raise ValueError(f"{path}: video {name!r} must be T,H,W,3 uint8, got {video.shape} {video.dtype}")
+    T = video.shape[0]
+    if points.ndim != 3 or points.shape[1:] != (T, 2) or occluded.shape != points.shape[:2]:
+        raise ValueError(
+            f"{path}: video {name!r} needs points N,{T},2 and occluded N,{T}, got {points.shape} "
+            f"and {occluded.shape}"
+        )
+    return video, points, occluded
+
+
+class TapVidDavis(Dataset):
+    """One item per video, in the pickle's order; frames stay as loaded (full resolution)."""
+
+    def __init__(self, dataset_location: str | Path) -> None:
+        self.path = Path(dataset_location) / PICKLE_NAME
+        if not self.path.is_file():
+            raise FileNotFoundError(f"TAP-Vid-DAVIS pickle not found: {self.path}")
+        with open(self.path, "rb") as f:
+            data = pickle.load(f)
+        if isinstance(data, dict):
+            self.names, self.entries = [str(k) for k in data], list(data.values())
+        elif isinstance(data, list):
+            self.names, self.entries = [f"{i:03d}" for i in range(len(data))], data
+        else:
+            raise ValueError(f"{self.path} holds a {type(data).__name__}, expected a dict of videos")
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> TapVidVideo:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} videos")
+        name = self.names[index]
+        video, points, occluded = _check_entry(name, self.entries[index], self.path)
+        H, W = video.shape[1:3]
+        trajs = points.transpose(1, 0, 2) * np.array([W - 1, H - 1], np.float32)  # T,N,2
+        visibs = (~occluded).T.astype(np.float32)  # T,N
+        return TapVidVideo(name=name, video=video, trajs=trajs.astype(np.float32), visibs=visibs)
