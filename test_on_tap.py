@@ -1,0 +1,149 @@
+"""Evaluate PIPs++ on TAP-Vid-DAVIS with two protocols.
+
+1. The official PIPs++ protocol: points visible at frame 0 are tracked from there through the video
+   resized to image_size; d_avg, survival_16 and median_l2 on the visible frames.
+2. The TAP-Vid benchmark: queries at each point's first visible frame ('first') or at every 5th frame
+   where it is visible ('strided'), tracked forward and backward at image_size, scored in the 256x256
+   TAP-Vid space. <delta_avg is reported; AJ and OA need a visibility estimate, which PIPs++ does not
+   make, so they are n/a (null in the JSON).
+"""
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import fire
+import numpy as np
+import torch
+
+from datasets.tapvid import TapVidDavis, TapVidVideo
+from nets.pips2 import Pips
+from nets.tracker import FrameSource, TensorFrames, track
+from utils.dist import pick_device, use_bf16
+from utils.evaluation import (
+    EvalVideo,
+    Metrics,
+    ResizedFrames,
+    check_image_size,
+    evaluate_videos,
+    load_model,
+    results_table,
+    scale_tracks,
+    write_results,
+)
+from utils.logger import Logger
+from utils.metrics import (
+    TAPVID_QUERY_MODES,
+    TAPVID_THRESHOLDS,
+    compute_tapvid_metrics,
+    sample_queries_first,
+    sample_queries_strided,
+)
+
+TAPVID_SIZE = (256, 256)  # H,W of the space the TAP-Vid metrics are computed in
+
+
+def tapvid_metrics(
+    model: Pips, frames: FrameSource, size: tuple[int, int], clip: TapVidVideo, mode: str, S: int, iters: int
+) -> Metrics:
+    """TAP-Vid metrics of one video in one query mode, in percent; AJ and OA are None."""
+    gt_tracks = scale_tracks(clip.trajs, clip.image_hw, size).transpose(1, 0, 2)  # N,T,2
+    gt_occluded = clip.visibs.T == 0  # N,T
+    sample = sample_queries_first if mode == "first" else sample_queries_strided
+    queries = sample(gt_occluded, gt_tracks)
+    prefix = f"tapvid_{mode}/"
+    out: Metrics = {f"{prefix}average_jaccard": None, f"{prefix}occlusion_accuracy": None}
+    if queries.point_index.size == 0:
+        return {f"{prefix}delta_avg": float("nan"), **out}
+    device = next(model.parameters()).device
+    txy = torch.from_numpy(queries.query_points[..., [0, 2, 1]]).to(device)  # 1,Q,3 as (t,x,y)
+    pred = track(model, frames, txy, S=S, iters=iters).float().cpu().numpy()  # 1,T,Q,2
+    pred_tracks = scale_tracks(pred.transpose(0, 2, 1, 3), size, TAPVID_SIZE)  # 1,Q,T,2
+    scores = compute_tapvid_metrics(
+        queries.query_points,
+        queries.gt_occluded,
+        scale_tracks(queries.gt_tracks, size, TAPVID_SIZE),
+        np.zeros_like(queries.gt_occluded),
+        pred_tracks,
+        query_mode=mode,
+    )
+    out[f"{prefix}delta_avg"] = float(scores["average_pts_within_thresh"][0]) * 100
+    for thr in TAPVID_THRESHOLDS:
+        out[f"{prefix}pts_within_{thr}"] = float(scores[f"pts_within_{thr}"][0]) * 100
+    return out
+
+
+def to_eval_video(
+    clip: TapVidVideo, size: tuple[int, int], device: torch.device, modes: Sequence[str], S: int, iters: int
+) -> EvalVideo:
+    video = torch.from_numpy(clip.video).permute(0, 3, 1, 2)[None]  # 1,T,3,H,W uint8, frames stay on the CPU
+    frames = ResizedFrames(TensorFrames(video, device), size)
+    keep = clip.visible_at_first_frame()
+
+    def extra(model: Pips) -> Metrics:
+        out: Metrics = {}
+        for mode in modes:
+            out.update(tapvid_metrics(model, frames, size, clip, mode, S, iters))
+        return out
+
+    return EvalVideo(
+        name=clip.name,
+        frames=frames,
+        image_hw=size,
+        trajs_g=scale_tracks(clip.trajs[:, keep], clip.image_hw, size),
+        valids=clip.visibs[:, keep],
+        extra=extra if modes else None,
+    )
+
+
+def main(
+    *,
+    dataset_location: str = "data/tapvid_davis",  # folder holding tapvid_davis.pkl
+    S: int = 128,  # frames per window
+    iters: int = 16,  # refinement iterations per window
+    image_size: tuple[int, int] = (512, 896),  # H,W the frames are resized to (multiples of 32)
+    query_modes: str | tuple[str, ...] = "first,strided",  # TAP-Vid query modes to add ('' = none)
+    max_videos: int | None = None,  # evaluate only the first videos (None = all)
+    init_dir: str = "./reference_model",  # checkpoint file, or directory of model-*.pth (latest is used)
+    device: str = "",  # e.g. cuda, cuda:1, cpu; empty = cuda if available
+    log_dir: str = "./logs_test_on_tap",  # TensorBoard logs and results.json
+    fast: bool = True,  # bf16 autocast on CUDA (CPU always runs exact float32)
+    log_gifs: bool = False,  # also log tracks on frames to TensorBoard
+    random_weights: bool = False,  # skip the checkpoint (smoke runs)
+) -> None:
+    config = dict(locals())
+    size = check_image_size(image_size)
+    modes = (
+        [m.strip() for m in query_modes.split(",") if m.strip()]
+        if isinstance(query_modes, str)
+        else list(query_modes)
+    )
+    if any(m not in TAPVID_QUERY_MODES for m in modes):
+        raise ValueError(f"query_modes must be among {TAPVID_QUERY_MODES}, got {query_modes!r}")
+    dev = pick_device(device)
+    model, step = load_model(init_dir, dev, random_weights)
+    print(f"model: {'random weights' if random_weights else f'{init_dir} (step {step})'} on {dev}")
+    dataset = TapVidDavis(dataset_location)
+    num_videos = len(dataset) if max_videos is None else min(max_videos, len(dataset))
+    videos = (to_eval_video(dataset[i], size, dev, modes, S, iters) for i in range(num_videos))
+    log = Logger(log_dir)
+    results = evaluate_videos(
+        model,
+        videos,
+        num_videos=num_videos,
+        S=S,
+        iters=iters,
+        amp=use_bf16(dev, fast),
+        log=log,
+        log_gifs=log_gifs,
+    )
+    log.close()
+    print(results_table(results.mean))
+    print(f"results: {write_results(Path(log_dir) / 'results.json', config, results)}")
+
+
+if __name__ == "__main__":
+    try:
+        fire.Fire(main)
+    except FileNotFoundError as err:
+        sys.exit(f"error: {err}")
