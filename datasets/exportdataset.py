@@ -63,7 +63,11 @@ def _owner_alive(host: str, pid: int, mtime: float) -> bool:
         return False
     except PermissionError:
         return True  # someone else's live process
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc to ask: trust kill()
+    return state not in ("Z", "X")  # a killed process its parent has not reaped yet is gone
 
 
 def _lock_alive(lock: Path) -> bool:
@@ -165,8 +169,8 @@ class ExportDataset(Dataset):
     Each item is a ClipSample with rgbs S,3,H,W uint8 RGB and a random subset (without replacement)
     of N of the clip's points; with use_augs the photometric augmentation is applied (same
     parameters on all frames). Items are a pure function of (seed, epoch, index). A clip that cannot
-    be read (corrupted or short mp4, broken npz) is reported once with logging.warning and another
-    clip is returned in its place; clips of the wrong S, N or size raise ValueError.
+    be read (corrupted or short mp4, broken npz) is reported once per process with logging.warning
+    and another clip is returned in its place; clips of the wrong S, N or size raise ValueError.
     """
 
     def __init__(

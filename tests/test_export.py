@@ -1,5 +1,11 @@
 import logging
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +153,152 @@ def test_stale_locks_and_temporary_folders_are_replaced(tmp_path):
     assert claim_clip(out_dir, 3)
     assert not abandoned.exists()
     assert list_clips(out_dir) == []
+
+
+# End to end: generated PointOdyssey-layout data -> export_mp4_dataset.py -> ExportDataset.
+
+REPO = Path(__file__).resolve().parents[1]
+E2E = dict(S=8, N=16, crop_size=(64, 96), version="e2e", seed=3)
+E2E_VERSION = export_version("e2e", 8, 16, (64, 96))
+CONFIG = "export_config.json"
+
+
+@pytest.fixture(scope="module")
+def pod_root(tmp_path_factory) -> Path:
+    from datasets.synthetic import make_scene, write_sequence
+
+    root = tmp_path_factory.mktemp("pod")
+    scene = make_scene(20, 96, 128, np.random.default_rng(0), num_points=600)
+    write_sequence(scene, root / "train" / "seq0")
+    return root
+
+
+def export_args(pod_root: Path, out_root: Path, **extra) -> list[str]:
+    args = dict(E2E, dataset_location=pod_root, out_root=out_root, **extra)
+    return [f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in args.items()]
+
+
+def start_export(pod_root: Path, out_root: Path, **extra) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "export_mp4_dataset.py", *export_args(pod_root, out_root, **extra)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, so a kill reaches its workers too
+    )
+
+
+@pytest.fixture(scope="module")
+def expected_tracks(pod_root) -> list[np.ndarray]:
+    from datasets.pointodyssey import PointOdysseyDataset
+
+    ds = PointOdysseyDataset(pod_root, S=8, N=16, crop_size=(64, 96), use_augs=True, seed=3)
+    return [ds[i].track_g for i in range(len(ds))]
+
+
+def folder_names(out_dir: Path, num_clips: int) -> bool:
+    """True if the folder holds exactly the clips 0..num_clips-1 and the settings file."""
+    expected = [CONFIG, *(f"{i:06d}" for i in range(num_clips))]
+    return sorted(p.name for p in out_dir.iterdir()) == sorted(expected)
+
+
+def group_running(pgid: int) -> bool:
+    """Whether a process of the group is still running (zombies do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()  # state, ppid, pgrp, ...
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def check_complete(out_dir: Path, tracks: list[np.ndarray]) -> list[int]:
+    """Every clip folder holds the clip's exact tracks and S readable frames; returns the ids."""
+    ids = []
+    for clip in list_clips(out_dir):
+        assert sorted(p.name for p in clip.iterdir()) == ["rgb.mp4", "track.npz"]
+        with np.load(clip / "track.npz") as data:
+            np.testing.assert_array_equal(data["track_g"], tracks[int(clip.name)])
+        ids.append(int(clip.name))
+    ds = ExportDataset(str(out_dir.parent), out_dir.name, S=8, N=16, crop_size=(64, 96))
+    for i in range(len(ds)):
+        assert ds[i].rgbs.reshape(8, -1).max(axis=1).min() > 0
+    return ids
+
+
+def test_export_end_to_end_resumes_and_refuses_other_settings(pod_root, expected_tracks, tmp_path, capsys):
+    import export_mp4_dataset
+
+    export_mp4_dataset.main(**dict(E2E, dataset_location=str(pod_root), out_root=str(tmp_path), max_clips=4))
+    out_dir = tmp_path / E2E_VERSION
+    assert check_complete(out_dir, expected_tracks) == [0, 1, 2, 3]
+    assert "written 4, skipped 0, failed 0" in capsys.readouterr().out
+    export_mp4_dataset.main(**dict(E2E, dataset_location=str(pod_root), out_root=str(tmp_path), max_clips=5))
+    assert "written 1, skipped 4, failed 0" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="exported with other settings \\(seed"):
+        export_mp4_dataset.main(**dict(E2E, dataset_location=str(pod_root), out_root=str(tmp_path), seed=4))
+    sample = ExportDataset(str(tmp_path), E2E_VERSION, S=8, N=16, crop_size=(64, 96), use_augs=True)[4]
+    assert sample.rgbs.shape == (8, 3, 64, 96) and sample.trajs.shape == (8, 16, 2)
+
+
+def test_killed_export_leaves_only_complete_clips_and_resumes(pod_root, expected_tracks, tmp_path, capsys):
+    import export_mp4_dataset
+
+    out_dir, num_clips = tmp_path / E2E_VERSION, len(expected_tracks)
+    proc = start_export(pod_root, tmp_path, num_workers=2)
+    deadline = time.time() + 60
+    while (len(list_clips(out_dir)) if out_dir.is_dir() else 0) < 2 and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    while group_running(proc.pid):  # the workers die a moment later
+        assert time.time() < deadline
+        time.sleep(0.01)
+    done = check_complete(out_dir, expected_tracks)
+    assert 2 <= len(done) < num_clips
+
+    export_mp4_dataset.main(**dict(E2E, dataset_location=str(pod_root), out_root=str(tmp_path)))
+    assert f"written {num_clips - len(done)}, skipped {len(done)}, failed 0" in capsys.readouterr().out
+    assert check_complete(out_dir, expected_tracks) == list(range(num_clips))
+    assert folder_names(out_dir, num_clips)  # no lock or temporary folder left behind
+
+
+def test_concurrent_exporters_write_each_clip_once(pod_root, expected_tracks, tmp_path):
+    out_dir, num_clips = tmp_path / E2E_VERSION, len(expected_tracks)
+    procs = [start_export(pod_root, tmp_path), start_export(pod_root, tmp_path)]
+    outs = [p.communicate(timeout=90)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert check_complete(out_dir, expected_tracks) == list(range(num_clips))
+    written = [int(re.search(r"written (\d+)", out).group(1)) for out in outs]
+    assert sum(written) == num_clips, outs
+    assert folder_names(out_dir, num_clips)
+
+
+class FlakySource:
+    """Stands in for PointOdysseyDataset: clip 1 has too few valid points, clips 2 and 3 raise."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> ClipSample:
+        if index >= 2:
+            raise RuntimeError(f"item {index}: unreadable frame")
+        sample = make_sample(index, num_points=16, num_frames=8)
+        sample.valids[:] = 1.0 if index == 0 else 0.0
+        return sample
+
+
+def test_export_counts_and_summarises_failures(tmp_path, monkeypatch, capsys):
+    import export_mp4_dataset
+
+    monkeypatch.setattr(export_mp4_dataset, "_dataset", lambda config: FlakySource())
+    export_mp4_dataset.main(**dict(E2E, crop_size=(H, W), dataset_location="unused", out_root=str(tmp_path)))
+    out = capsys.readouterr().out
+    assert "written 1, skipped 0, failed 3" in out
+    assert "failed      2: RuntimeError: item #: unreadable frame" in out
+    assert "failed      1: too few valid points" in out
+    assert [p.name for p in list_clips(tmp_path / export_version("e2e", 8, 16, (H, W)))] == ["000000"]
