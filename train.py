@@ -1,0 +1,353 @@
+"""Train PIPs++.
+
+python train.py                                       # built-in synthetic clips, on the best device
+python train.py --dataset_location ./pod_export/ae_36_128_256x384  # clips written by export_mp4_dataset.py
+python train.py --dataset_location /data/point_odyssey  # PointOdyssey itself, augmented on the fly
+torchrun --nproc_per_node=8 train.py ...              # one process per GPU (DDP); B is per process
+python train.py --resume --run_name <run>             # continue a run from its latest checkpoint
+"""
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import fire
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from datasets.exportdataset import ExportDataset
+from datasets.pointodyssey import PointOdysseyDataset
+from datasets.sample import ClipBatch, collate_clips
+from datasets.synthetic import SyntheticClips
+from nets.losses import sequence_loss
+from nets.pips2 import Pips
+from utils import checkpoint, dist
+from utils.logger import Logger, RunningMeans, parameter_table
+from utils.metrics import compute_ate, compute_pips_metrics
+from utils.vis import draw_tracks
+
+log = logging.getLogger("train")
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (shuffled per epoch by seed + epoch) that can start inside an epoch."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+        self.skip = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        return iter(indices[self.skip :])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+def batches(dataset: Dataset, B: int, num_workers: int, info: dist.DistInfo, seed: int, start: int = 0):
+    """Endless batches; batch k of the stream is fixed by (seed, k), so a run resumed at step k continues
+    exactly where it stopped."""
+    sampler = ResumableSampler(dataset, info.world_size, info.rank, seed)
+    per_epoch = sampler.num_samples // B
+    if per_epoch == 0:
+        raise ValueError(f"{len(dataset)} clips are too few for B={B} on {info.world_size} process(es)")
+    epoch, offset = divmod(start, per_epoch)
+    while True:
+        sampler.set_epoch(epoch)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        sampler.skip = offset * B
+        loader = DataLoader(
+            dataset,
+            B,
+            sampler=sampler,
+            num_workers=num_workers,
+            collate_fn=collate_clips,
+            drop_last=True,
+            pin_memory=info.device.type == "cuda",
+            persistent_workers=False,
+        )
+        yield from loader
+        epoch, offset = epoch + 1, 0
+
+
+def open_data(
+    location: str, S: int, N: int, crop: tuple[int, int], use_augs: bool, seed: int, val_clips: int
+):
+    """(train, val) datasets: synthetic clips when `location` is empty, an export folder (clip folders with
+    rgb.mp4 + track.npz), or a PointOdyssey root (train/ and val/ splits)."""
+    if not location:
+        return (
+            SyntheticClips(S, N, crop, length=100_000, seed=seed),
+            SyntheticClips(S, N, crop, length=val_clips, seed=seed + 1_000_003),
+        )
+    root = Path(location)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--dataset_location {root} is not a directory")
+    if any(root.glob("*/track.npz")):
+        train = ExportDataset(str(root.parent), root.name, S, N, crop, use_augs=use_augs, seed=seed)
+        val = ExportDataset(str(root.parent), root.name, S, N, crop, use_augs=False, seed=seed + 1)
+        held_out = max(1, min(val_clips, len(train.clips) // 10))  # the last clips are the held-out split
+        train.clips, val.clips = train.clips[:-held_out], val.clips[-held_out:]
+        return train, val
+    if (root / "train").is_dir():
+        train = PointOdysseyDataset(str(root), "train", S, N, crop_size=crop, use_augs=use_augs, seed=seed)
+        val_split = "val" if (root / "val").is_dir() else "train"
+        val = PointOdysseyDataset(str(root), val_split, S, N, crop_size=crop, use_augs=False, seed=seed + 1)
+        return train, val
+    raise FileNotFoundError(
+        f"{root} is neither an export folder (<id>/rgb.mp4 + track.npz) nor a PointOdyssey root (train/)"
+    )
+
+
+def initial_trajs(trajs_g: torch.Tensor, g: torch.Generator, H: int, W: int) -> torch.Tensor:
+    """The official training init: random tracks blended with the truth, half of them replaced by
+    zero-velocity tracks, frame 0 exact."""
+    B, S, N, _ = trajs_g.shape
+    dev = trajs_g.device
+    rand = torch.rand(B, S, N, 2, generator=g).to(dev) * torch.tensor([W - 1.0, H - 1.0], device=dev)
+    coeff = torch.rand(B, 1, N, 1, generator=g).to(dev)
+    trajs = rand * coeff + trajs_g * (1 - coeff)  # B,S,N,2
+    zero_vel = trajs_g[:, :1].expand(B, S, N, 2)
+    keep = (torch.rand(B, 1, N, 1, generator=g) > 0.5).to(dev, trajs.dtype)
+    trajs = trajs * keep + zero_vel * (1 - keep)
+    trajs[:, 0] = trajs_g[:, 0]
+    return trajs
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor
+    trajs_e: torch.Tensor  # B,S,N,2 detached final prediction
+    batch: ClipBatch  # as fed to the model (after the transpose augmentation)
+
+
+def run_model(model, batch: ClipBatch, iters: int, g: torch.Generator, train: bool, bf16: bool) -> StepResult:
+    """One forward + loss. In training, half of the batches are transposed (H<->W) and tracks start from
+    the official random init; validation starts from zero velocity."""
+    rgbs, trajs_g, visibs, valids = batch
+    rgbs = rgbs.float()
+    if train and torch.rand((), generator=g) < 0.5:
+        rgbs, trajs_g = rgbs.transpose(-1, -2), trajs_g.flip(-1)
+    H, W = rgbs.shape[-2:]
+    trajs_e0 = initial_trajs(trajs_g, g, H, W) if train else trajs_g[:, :1].expand_as(trajs_g).clone()
+    with dist.autocast(rgbs.device, bf16):
+        out = model(trajs_e0, rgbs, iters=iters)
+    loss = sequence_loss([c.float() for c in out.coords[:-1]], trajs_g, valids, gamma=0.8)
+    return StepResult(loss, out.coords[-1].detach().float(), ClipBatch(rgbs, trajs_g, visibs, valids))
+
+
+def metrics_of(res: StepResult) -> dict[str, float]:
+    _, trajs_g, visibs, valids = res.batch
+    H, W = res.batch.rgbs.shape[-2:]
+    m = compute_pips_metrics(res.trajs_e, trajs_g, valids, H, W)
+    m.update(compute_ate(res.trajs_e, trajs_g, visibs, valids))
+    return m
+
+
+def tracks_gif(res: StepResult) -> np.ndarray:
+    """T,H,W,3 uint8: predicted tracks of the first clip drawn on its frames."""
+    frames = res.batch.rgbs[0].permute(0, 2, 3, 1).clamp(0, 255).byte().cpu().numpy()  # S,H,W,3
+    keep = res.batch.valids[0, 0] > 0
+    return draw_tracks(
+        frames, res.trajs_e[0][:, keep].cpu().numpy(), res.batch.visibs[0][:, keep].cpu().numpy()
+    )
+
+
+class TrainStep(NamedTuple):
+    loss: float  # mean over the micro-batches
+    result: StepResult | None  # of the last micro-batch
+    rtime: float  # seconds reading data
+    itime: float  # seconds in forward and backward
+    skipped: bool  # a non-finite loss or gradient: no update was made
+
+
+def train_step(net, params, optimizer, data, g, iters, grad_acc, grad_clip, device, bf16) -> TrainStep:
+    """Forward/backward over grad_acc micro-batches, gradient clipping and one optimizer step.
+
+    Every rank agrees on skipping a step with a non-finite loss, so DDP never waits on a missing backward.
+    """
+    net.train()
+    rtime = itime = total = 0.0
+    res = None
+    for _ in range(grad_acc):
+        t_read = time.time()
+        batch = next(data).to(device)
+        t_iter = time.time()
+        rtime += t_iter - t_read
+        res = run_model(net, batch, iters, g, train=True, bf16=bf16)
+        if dist.all_reduce_mean(torch.isfinite(res.loss).float()).item() < 1.0:
+            optimizer.zero_grad(set_to_none=True)
+            return TrainStep(float("nan"), res, rtime, itime, True)
+        (res.loss / grad_acc).backward()
+        total += res.loss.item() / grad_acc
+        itime += time.time() - t_iter
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    skipped = not torch.isfinite(grad_norm).item()
+    if not skipped:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return TrainStep(total, res, rtime, itime, skipped)
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """All randomness of a step comes from (seed, step, rank), so resuming needs no RNG state."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + rank)
+
+
+def main(
+    *,
+    dataset_location: str = "",  # '' = built-in synthetic clips; an export folder; or a PointOdyssey root
+    B: int = 4,  # clips per batch and per process
+    S: int = 36,  # frames per clip
+    N: int = 128,  # tracked points per clip
+    crop_size: tuple[int, int] = (256, 384),  # H,W of the training clips
+    iters: int = 6,  # refinement iterations (validation uses twice as many)
+    lr: float = 5e-4,  # peak learning rate of AdamW
+    weight_decay: float = 1e-6,  # AdamW weight decay
+    grad_clip: float = 5.0,  # gradient-norm clipping
+    grad_acc: int = 1,  # micro-batches accumulated per optimizer step
+    max_steps: int = 200_000,  # optimizer steps
+    use_scheduler: bool = True,  # OneCycleLR: 10% warm-up, linear anneal
+    use_augs: bool = True,  # augment (exported / PointOdyssey data; the transpose augmentation for all)
+    val_freq: int = 1000,  # validate every this many steps (0 = never)
+    val_clips: int = 64,  # size of the held-out validation set
+    log_freq: int = 1000,  # TensorBoard gifs every this many steps; scalars 4x as often
+    save_freq: int = 1000,  # checkpoint every this many steps
+    keep_latest: int = 5,  # checkpoints kept per run
+    num_workers: int = 4,  # DataLoader workers per process
+    seed: int = 0,  # seed of the model init, the data order and every augmentation
+    run_name: str = "",  # '' = a new name from the config and the time
+    resume: bool = False,  # continue run_name (or the newest run in ckpt_dir) from its latest checkpoint
+    init_ckpt: str = "",  # start from these weights only (a file or a checkpoint directory)
+    log_dir: str = "./logs_train",  # TensorBoard logs and config.json, per run
+    ckpt_dir: str = "./checkpoints",  # checkpoints, per run
+    device: str = "",  # '' = cuda if available, else mps, else cpu
+    bf16: bool = True,  # bf16 autocast on CUDA (CPU always runs float32)
+    compile: bool = False,  # torch.compile the model
+    max_bad_steps: int = 5,  # stop after this many non-finite losses in a row
+) -> None:
+    config = {k: v for k, v in locals().items()}
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    info = dist.setup(device)
+    torch.manual_seed(seed)
+    crop = (int(crop_size[0]), int(crop_size[1]))
+    if not dataset_location and info.is_main:
+        print(
+            "training on the built-in synthetic clips; for PointOdyssey pass --dataset_location "
+            "<PointOdyssey root or export folder> (see README)"
+        )
+    train_data, val_data = open_data(dataset_location, S, N, crop, use_augs, seed, val_clips)
+
+    ckpt_root = Path(ckpt_dir)
+    if resume and not run_name:
+        runs = sorted(
+            (p for p in ckpt_root.glob("*") if checkpoint.latest_checkpoint(p)),
+            key=lambda p: p.stat().st_mtime,
+        )
+        if not runs:
+            raise FileNotFoundError(f"--resume: no run with checkpoints in {ckpt_root}")
+        run_name = runs[-1].name
+    run_name = run_name or f"{B}_{S}_{N}_i{iters}_{lr:.0e}_{time.strftime('%Y%m%d_%H%M%S')}"
+    run_ckpt, run_log = ckpt_root / run_name, Path(log_dir) / run_name
+
+    model = Pips(stride=8).to(info.device)
+    model.norm.requires_grad_(False)  # unused by the forward; kept only for checkpoint compatibility
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=1e-8)
+    scheduler = None
+    if use_scheduler:
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=lr,
+            total_steps=max_steps + 100,
+            pct_start=0.1,
+            cycle_momentum=False,
+            anneal_strategy="linear",
+        )
+    start = 0
+    if resume:
+        start = checkpoint.load(run_ckpt, model, optimizer, scheduler)
+    elif init_ckpt:
+        checkpoint.load(init_ckpt, model)
+    if info.world_size > 1:
+        model = DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
+    net = torch.compile(model) if compile else model
+    use_bf16 = dist.use_bf16(info.device, bf16)
+
+    logger = Logger(run_log, enabled=info.is_main)
+    if info.is_main:
+        print(parameter_table(checkpoint.unwrap(model)))
+        run_log.mkdir(parents=True, exist_ok=True)
+        (run_log / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        print(
+            f"run {run_name}: {'resuming at step ' + str(start) if resume else 'new'}; device {info.device}"
+            f"{' (bf16)' if use_bf16 else ''}; {info.world_size} process(es)"
+        )
+
+    train_iter = batches(train_data, B, num_workers, info, seed, start * grad_acc)
+    val_iter = batches(val_data, B, 0, info, seed + 1) if val_freq else None
+    pools_t, pools_v = RunningMeans(1000), RunningMeans(1000)
+    bad_steps = 0
+    step = start
+    while step < max_steps:
+        step += 1
+        t0 = time.time()
+        g = step_generator(seed, step, info.rank)
+        out = train_step(
+            net, params, optimizer, train_iter, g, iters, grad_acc, grad_clip, info.device, use_bf16
+        )
+        if out.skipped:
+            bad_steps += 1
+            log.warning("step %d: non-finite loss or gradient; step skipped (%d in a row)", step, bad_steps)
+            if bad_steps >= max_bad_steps:
+                raise RuntimeError(f"{bad_steps} non-finite steps in a row at step {step}; stopping")
+        else:
+            bad_steps = 0
+            pools_t.update({**metrics_of(out.result), "loss": out.loss})
+        if scheduler is not None:
+            scheduler.step()
+        if val_iter is not None and (step % val_freq == 0 or step == start + 1):
+            pools_v.update(
+                validate(net, next(val_iter).to(info.device), iters * 2, use_bf16, logger, step, log_freq)
+            )
+        if info.is_main:
+            if step % max(log_freq // 4, 1) == 0:
+                logger.scalars(step, pools_t.means(), "train/")
+                logger.scalars(step, pools_v.means(), "val/")
+                logger.scalars(step, {"lr": optimizer.param_groups[0]["lr"]}, "_/")
+            if step % log_freq == 0 and not out.skipped:
+                logger.gif("2_outputs/trajs_e_on_rgbs", tracks_gif(out.result), step, fps=min(S, 8))
+            print(
+                f"{run_name}; step {step:06d}/{max_steps}; rtime {out.rtime:.2f}; itime {out.itime:.2f}; "
+                f"loss {out.loss:.3f}; loss_t {pools_t.mean('loss'):.2f}; d_t {pools_t.mean('d_avg'):.1f}; "
+                f"d_v {pools_v.mean('d_avg'):.1f}; time {time.time() - t0:.2f}"
+            )
+            if step % save_freq == 0 or step == max_steps:
+                config["step"] = step
+                checkpoint.save(run_ckpt, model, optimizer, scheduler, step, keep_latest, config=config)
+    logger.close()
+    dist.teardown()
+
+
+@torch.no_grad()
+def validate(model, batch: ClipBatch, iters: int, bf16: bool, logger: Logger, step: int, log_freq: int):
+    """Metrics of one held-out batch, tracked from zero velocity with 2x iterations."""
+    model.eval()
+    res = run_model(model, batch, iters, torch.Generator(), train=False, bf16=bf16)
+    if step % log_freq == 0:
+        logger.gif("val/trajs_e_on_rgbs", tracks_gif(res), step)
+    return {**metrics_of(res), "loss": res.loss.item()}
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
