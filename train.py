@@ -27,6 +27,7 @@ from datasets.synthetic import SyntheticClips
 from nets.losses import sequence_loss
 from nets.pips2 import Pips
 from utils import checkpoint, dist
+from utils.cli import explain_flags
 from utils.logger import Logger, RunningMeans, parameter_table
 from utils.metrics import compute_ate, compute_pips_metrics
 from utils.vis import draw_tracks
@@ -202,6 +203,7 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + rank)
 
 
+@explain_flags
 def main(
     *,
     dataset_location: str = "",  # '' = built-in synthetic clips; an export folder; or a PointOdyssey root
