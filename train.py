@@ -86,7 +86,7 @@ def open_data(
     rgb.mp4 + track.npz), or a PointOdyssey root (train/ and val/ splits)."""
     if not location:
         return (
-            SyntheticClips(S, N, crop, length=100_000, seed=seed),
+            SyntheticClips(S, N, crop, length=100_000, seed=seed, use_augs=use_augs),
             SyntheticClips(S, N, crop, length=val_clips, seed=seed + 1_000_003),
         )
     root = Path(location)

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from datasets.augment import photometric_clip
 from datasets.sample import ClipSample
 
 BACKGROUND_ID = 1  # instance id of the background in masks; objects are 2, 3, ...
@@ -467,7 +468,8 @@ def select_points(
 class SyntheticClips(Dataset):
     """Training clips rendered on the fly at crop_size: item i of epoch e is a pure function of
     (seed, e, i). N points visible and valid at frame 0 are picked over the objects and background;
-    padding (rarely needed) is all zero."""
+    padding (rarely needed) is all zero. With use_augs the photometric augmentations of
+    datasets/augment.py are applied (the tracks are unchanged by them)."""
 
     def __init__(
         self,
@@ -476,10 +478,12 @@ class SyntheticClips(Dataset):
         crop_size: tuple[int, int] = (256, 384),
         length: int = 10000,
         seed: int = 0,
+        use_augs: bool = False,
     ) -> None:
         if S < 2 or N < 1 or length < 1:
             raise ValueError(f"need S >= 2, N >= 1, length >= 1; got S={S}, N={N}, length={length}")
         self.S, self.N, self.crop_size, self.length, self.seed = S, N, tuple(crop_size), length, seed
+        self.use_augs = use_augs
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -502,6 +506,8 @@ class SyntheticClips(Dataset):
         for t, (rgb, inst) in enumerate(iter_frames(scene)):
             rgbs[t] = rgb.transpose(2, 0, 1)
             visibs[t] = visible_in(inst, tracks.trajs[t], tracks.valids[t], tracks.layer_ids)
+        if self.use_augs:
+            rgbs = photometric_clip(rgbs.transpose(0, 2, 3, 1), rng).transpose(0, 3, 1, 2)
         keep = select_points(visibs[0] * tracks.valids[0] > 0, tracks.layer_ids, self.N, rng)
         trajs = np.zeros((self.S, self.N, 2), np.float32)
         vis = np.zeros((self.S, self.N), np.float32)

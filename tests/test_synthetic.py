@@ -195,3 +195,12 @@ def test_make_synthetic_dataset_script(tmp_path):
     assert not np.array_equal(first[0], first[1])
     other = cv2.imread(str(tmp_path / "train/scene_0001/rgbs/rgb_00000.jpg"))
     assert not np.array_equal(first[0], other)
+
+
+def test_clips_photometric_augmentation() -> None:
+    plain = SyntheticClips(S=4, N=8, crop_size=(64, 64), length=6, seed=5)
+    aug = SyntheticClips(S=4, N=8, crop_size=(64, 64), length=6, seed=5, use_augs=True)
+    a, b = aug[1], aug[1]
+    np.testing.assert_array_equal(a.rgbs, b.rgbs)  # deterministic per index
+    assert a.rgbs.shape == plain[1].rgbs.shape and a.rgbs.dtype == np.uint8
+    assert sum(not np.array_equal(aug[i].rgbs, plain[i].rgbs) for i in range(6)) >= 3
