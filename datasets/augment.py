@@ -10,6 +10,7 @@ sampling grid of cv2.resize and cv2.warpAffine), and a horizontal flip maps x to
 The official code used x·W'/W and W − x, which are off by up to half a pixel and one pixel.
 """
 
+import functools
 import os
 from typing import NamedTuple
 
@@ -73,7 +74,8 @@ def just_crop(
     return rgbs, trajs
 
 
-def _photometric_pipeline(seed: int) -> A.Compose:
+@functools.cache
+def _photometric_pipeline() -> A.Compose:
     # The official pipeline (written for albumentations 1.3.1), in 2.x argument names.
     # Called as t(images=clip) it draws one parameter set (noise map included) for all frames.
     return A.Compose(
@@ -95,8 +97,16 @@ def _photometric_pipeline(seed: int) -> A.Compose:
             A.ImageCompression(quality_range=(50, 100), p=0.3),
         ],
         p=0.8,
-        seed=seed,
     )
+
+
+def _reseed(transform: A.BasicTransform | A.BaseCompose, rng: np.random.Generator) -> None:
+    """Give every transform its own seed. Compose.set_random_seed hands the same seed to all children,
+    which makes their apply-or-not draws identical, so that e.g. RGBShift (p=.5) would fire whenever
+    GaussNoise (p=.2) did."""
+    transform.set_random_seed(int(rng.integers(0, 2**31)))
+    for child in getattr(transform, "transforms", []):
+        _reseed(child, rng)
 
 
 def photometric_clip(rgbs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -105,7 +115,8 @@ def photometric_clip(rgbs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
     rgbs: S,H,W,3 uint8 RGB. Returns a new S,H,W,3 uint8 array.
     """
-    pipeline = _photometric_pipeline(int(rng.integers(0, 2**31)))
+    pipeline = _photometric_pipeline()
+    _reseed(pipeline, rng)
     return np.ascontiguousarray(pipeline(images=rgbs)["images"], dtype=np.uint8)  # S,H,W,3
 
 

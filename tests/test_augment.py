@@ -217,3 +217,12 @@ def test_augment_clip_rejects_bad_shapes():
         augment_clip(
             rgbs.astype(np.float32), np.zeros((3, 4, 2), np.float32), ok, ok, (8, 8), np.random.default_rng(0)
         )
+
+
+def test_photometric_transforms_draw_independently():
+    # each clip is changed with probability 0.8 * (1 - P(no transform fires)) ~= 0.78; transforms sharing
+    # one seed (all apply-or-not draws equal) would give ~0.5
+    clip = np.random.default_rng(0).integers(0, 256, size=(2, 16, 16, 3), dtype=np.uint8)
+    rng = np.random.default_rng(1)
+    rate = np.mean([(photometric_clip(clip, rng) != clip).any() for _ in range(200)])
+    assert 0.68 < rate < 0.88
