@@ -4,7 +4,7 @@ Clip i is item i of PointOdysseyDataset (a pure function of --seed), so a run ca
 rerun: complete clips are skipped. Several exporters (and --num_workers worker processes) may share one
 output folder; each clip id is claimed with a lock file and written atomically.
 
-    python export_mp4_dataset.py --dataset_location ./pointodyssey --S 36 --N 128 --crop_size 384,512
+    python export_mp4_dataset.py --dataset_location data/pointodyssey --S 36 --N 128 --crop_size 384,512
 """
 
 import json
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from datasets.exportdataset import claim_clip, clip_dir, export_version, release_clip, write_clip
 from datasets.pointodyssey import PointOdysseyDataset
+from utils.cli import explain_flags
 
 CONFIG_FILE = "export_config.json"
 
@@ -105,9 +106,10 @@ def _parse_crop(crop_size: tuple[int, int] | list[int] | str) -> tuple[int, int]
     return int(values[0]), int(values[1])
 
 
+@explain_flags
 def main(
     *,
-    dataset_location: str = "./pointodyssey",  # PointOdyssey root holding <dset>/<sequence>/
+    dataset_location: str = "data/pointodyssey",  # PointOdyssey root holding <dset>/<sequence>/
     dset: str = "train",  # split to export
     S: int = 36,  # frames per clip
     N: int = 128,  # points per clip

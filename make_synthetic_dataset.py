@@ -10,8 +10,10 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.synthetic import make_scene, write_sequence
+from utils.cli import explain_flags
 
 
+@explain_flags
 def main(
     *,
     out: str = "data/synth_pod",  # dataset root to write

@@ -9,6 +9,7 @@ import fire
 import torch
 
 from datasets.crohd import CroHD, CroHDClip
+from utils.cli import explain_flags
 from utils.dist import pick_device, use_bf16
 from utils.evaluation import (
     EvalVideo,
@@ -33,6 +34,7 @@ def to_eval_video(clip: CroHDClip, size: tuple[int, int], device: torch.device) 
     )
 
 
+@explain_flags
 def main(
     *,
     dataset_location: str = "data/crohd",  # folder holding HT21/train/HT21-0x/

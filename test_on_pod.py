@@ -9,6 +9,7 @@ import fire
 import torch
 
 from datasets.pointodyssey import FullSequence, PointOdysseyFullSeq
+from utils.cli import explain_flags
 from utils.dist import pick_device, use_bf16
 from utils.evaluation import (
     EvalVideo,
@@ -33,6 +34,7 @@ def to_eval_video(seq: FullSequence, size: tuple[int, int], device: torch.device
     )
 
 
+@explain_flags
 def main(
     *,
     dataset_location: str = "data/pointodyssey",  # PointOdyssey root holding <dset>/<sequence>/

@@ -19,6 +19,7 @@ import torch
 from datasets.tapvid import TapVidDavis, TapVidVideo
 from nets.pips2 import Pips
 from nets.tracker import FrameSource, TensorFrames, track
+from utils.cli import explain_flags
 from utils.dist import pick_device, use_bf16
 from utils.evaluation import (
     EvalVideo,
@@ -96,6 +97,7 @@ def to_eval_video(
     )
 
 
+@explain_flags
 def main(
     *,
     dataset_location: str = "data/tapvid_davis",  # folder holding tapvid_davis.pkl
