@@ -4,6 +4,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nets.encoder import InstanceNorm
+
 
 def posemb_sincos_2d_xy(xy: torch.Tensor, C: int, temperature: float = 10000.0) -> torch.Tensor:
     """B,S,2 -> B,S,C+2: [sin(x w), cos(x w), sin(y w), cos(y w), x, y], w_k = temperature^(-k/(C/4-1))."""
@@ -19,11 +21,14 @@ class Conv1dPad(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
         super().__init__()
-        self.pad = ((kernel_size - 1) // 2, kernel_size - 1 - (kernel_size - 1) // 2)
-        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size)
+        before = (kernel_size - 1) // 2
+        # the conv pads `before` on both sides (no padded copy made or kept for backward); even kernels
+        # need one more zero after
+        self.extra = kernel_size - 1 - 2 * before
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, padding=before)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, self.pad))
+        return self.conv(F.pad(x, (0, self.extra)) if self.extra else x)
 
 
 class ResidualBlock1d(nn.Module):
@@ -34,9 +39,9 @@ class ResidualBlock1d(nn.Module):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.is_first_block = is_first_block
-        self.norm1 = nn.InstanceNorm1d(in_channels)
+        self.norm1 = InstanceNorm()
         self.conv1 = Conv1dPad(in_channels, out_channels, kernel_size)
-        self.norm2 = nn.InstanceNorm1d(out_channels)
+        self.norm2 = InstanceNorm()
         self.conv2 = Conv1dPad(out_channels, out_channels, kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
