@@ -8,10 +8,13 @@ blend those bilinearly into the (2R+1)^2 window. Memory grows with S*N, never wi
 """
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from nets import corr_triton
 
 
 def build_pyramid(fmaps: torch.Tensor, num_levels: int) -> list[torch.Tensor]:
@@ -82,12 +85,14 @@ class CorrBlock:
     """Correlation of per-frame template features with a feature pyramid, sampled around coords.
 
     Built once per forward from the pyramid; `sample` takes the templates and the current coords.
-    Under autograd the window features are recomputed in backward instead of stored.
+    Under autograd the window features are recomputed in backward instead of stored. With `fused`, CUDA
+    tensors and Triton, `sample_concat` runs the fused kernel of nets/corr_triton.py instead.
     """
 
-    def __init__(self, pyramid: list[torch.Tensor], radius: int = 3) -> None:
+    def __init__(self, pyramid: list[torch.Tensor], radius: int = 3, fused: bool = False) -> None:
         self.pyramid = pyramid
         self.radius = radius
+        self.fused = fused
 
     def sample(self, targets: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """targets B,S,N,C and coords B,S,N,2 (stride-8 feature pixels) -> B,S,N,L*(2R+1)^2."""
@@ -102,3 +107,9 @@ class CorrBlock:
                 corr = sample_corr_level(fmap, targets, xy, self.radius)
             out.append(corr.view(B, S, N, -1))
         return torch.cat(out, dim=-1)  # B,S,N,L*(2R+1)^2
+
+    def sample_concat(self, targets: Sequence[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+        """T templates, each B,S,N,C, at coords B,S,N,2 -> B,S,N,T*L*(2R+1)^2, the `sample`s concatenated."""
+        if self.fused and corr_triton.available(coords) and not coords.requires_grad:
+            return corr_triton.fused_corr(self.pyramid, torch.stack(list(targets)), coords, self.radius)
+        return torch.cat([self.sample(t, coords) for t in targets], dim=-1)
