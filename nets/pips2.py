@@ -1,5 +1,6 @@
 """Pips: the PIPs++ network, wiring the encoder, the correlation pyramid and the delta block."""
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -8,7 +9,7 @@ from einops import rearrange
 
 from nets.corr import CorrBlock, build_pyramid
 from nets.delta import DeltaBlock
-from nets.encoder import BasicEncoder
+from nets.encoder import BasicEncoder, InstanceNorm
 from utils.sampling import bilinear_sample_border
 
 Feats = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -35,6 +36,38 @@ class Pips(nn.Module):
         self.delta_block = DeltaBlock(latent_dim, corr_levels, corr_radius)
         # present in the official checkpoint, unused by its forward; kept so strict loading works both ways
         self.norm = nn.GroupNorm(1, latent_dim)
+        self.fast = False
+        self.fast_bf16 = False
+
+    def set_fast(self, enabled: bool = True, bf16: bool = True) -> "Pips":
+        """Switch between the exact float32 path (the default) and the fast path.
+
+        The fast path runs the encoder in channels_last memory, normalises with one-pass float32 statistics,
+        uses the fused Triton correlation on CUDA when Triton imports, and with `bf16` runs the encoder and
+        the delta block under bf16 autocast. Correlations, template sampling and the coordinate updates stay
+        float32 (the iterations would amplify rounding). Parameters and checkpoints are unchanged.
+        """
+        self.fast = enabled
+        self.fast_bf16 = enabled and bf16
+        self.fnet.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+        for module in self.modules():
+            if isinstance(module, InstanceNorm):
+                module.fast = enabled
+        return self
+
+    def compile_parts(self, **compile_kwargs: object) -> "Pips":
+        """torch.compile the encoder and the delta block in place (parameter names stay); kwargs go to
+        torch.compile, e.g. mode='max-autotune'."""
+        self.fnet.compile(**compile_kwargs)
+        self.delta_block.compile(**compile_kwargs)
+        return self
+
+    def _precision(self, device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+        """Fast path: bf16 autocast where `bf16` (if enabled), float32 elsewhere, whatever the caller's
+        autocast. The exact path leaves the caller's autocast alone."""
+        if not self.fast:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and self.fast_bf16)
 
     def encode(self, rgbs: torch.Tensor) -> torch.Tensor:
         """rgbs B,S,3,H,W float 0..255 -> fmaps B,S,C,H//stride,W//stride."""
@@ -43,7 +76,10 @@ class Pips(nn.Module):
         if min(H, W) < min_side:
             raise ValueError(f"frames of {H}x{W} are too small: each side needs at least {min_side} pixels")
         x = 2 * (rgbs.reshape(B * S, 3, H, W) / 255.0) - 1
-        fmaps = self.fnet(x)  # BS,C,H8,W8
+        if self.fast:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._precision(x.device, bf16=True):
+            fmaps = self.fnet(x).float()  # BS,C,H8,W8
         return fmaps.reshape(B, S, *fmaps.shape[1:])  # B,S,C,H8,W8
 
     @staticmethod
@@ -76,35 +112,43 @@ class Pips(nn.Module):
         Returns:
             PipsOutput; coords[-1] (B,S,N,2 pixels) is the result.
         """
-        B, S, N, _ = trajs_e0.shape
-        fmaps = self.encode(rgbs)  # B,S,C,H8,W8
-        coords = trajs_e0 / float(self.stride)  # B,S,N,2 feature pixels
-        coords0 = coords[:, 0].clone()  # B,N,2
-        frames = torch.arange(S, device=rgbs.device)
-        if feat_init is None:
-            feats1 = self.sample_templates(fmaps, coords, torch.zeros_like(frames))
-            feats2 = feats4 = feats1
-        else:
-            feats1, feats2, feats4 = (f[:, :S] for f in feat_init)
-        corr = CorrBlock(build_pyramid(fmaps, self.corr_levels), self.corr_radius)
-        coords_pred, coords_anim = [], [coords * self.stride]
-        for itr in range(iters):
-            coords = coords.detach()
-            if itr >= 1:  # re-sample the templates at the current estimate 2 and 4 frames earlier
-                feats2 = self.sample_templates(fmaps, coords, (frames - 2).clamp(min=0))
-                feats4 = self.sample_templates(fmaps, coords, (frames - 4).clamp(min=0))
-            fcorrs = torch.cat([corr.sample(f, coords) for f in (feats1, feats2, feats4)], -1)  # B,S,N,3LRR
-            flows = coords[:, 1:] - coords[:, :-1]  # B,S-1,N,2
-            flows = torch.cat([flows, flows[:, -1:]], dim=1)  # B,S,N,2
+        with self._precision(rgbs.device, bf16=False):
+            fmaps = self.encode(rgbs)  # B,S,C,H8,W8
+            coords = trajs_e0 / float(self.stride)  # B,S,N,2 feature pixels
+            coords0 = coords[:, 0].clone()  # B,N,2
+            frames = torch.arange(trajs_e0.shape[1], device=rgbs.device)
+            if feat_init is None:
+                feats1 = self.sample_templates(fmaps, coords, torch.zeros_like(frames))
+                feats2 = feats4 = feats1
+            else:
+                feats1, feats2, feats4 = (f[:, : len(frames)] for f in feat_init)
+            corr = CorrBlock(build_pyramid(fmaps, self.corr_levels), self.corr_radius, fused=self.fast)
+            coords_pred, coords_anim = [], [coords * self.stride]
+            for itr in range(iters):
+                coords = coords.detach()
+                if itr >= 1:  # re-sample the templates at the current estimate 2 and 4 frames earlier
+                    feats2 = self.sample_templates(fmaps, coords, (frames - 2).clamp(min=0))
+                    feats4 = self.sample_templates(fmaps, coords, (frames - 4).clamp(min=0))
+                fcorrs = corr.sample_concat((feats1, feats2, feats4), coords)  # B,S,N,3LRR
+                delta = self.predict_delta(fcorrs, coords)  # B,S,N,2
+                if beautify and itr > 3 * iters // 4:
+                    delta = delta * 0.5
+                coords = coords + delta  # B,S,N,2
+                coords_pred.append(coords * self.stride)
+                coords = torch.cat([coords0[:, None], coords[:, 1:]], dim=1)  # lock frame 0
+                coords_anim.append(coords * self.stride)
+            coords_anim.append(coords * self.stride)
+            coords_pred.append(coords * self.stride)
+        return PipsOutput(coords_pred, coords_anim, (feats1, feats2, feats4))
+
+    def predict_delta(self, fcorrs: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """Delta block on correlations B,S,N,3LRR and the flows of coords B,S,N,2 -> float32 B,S,N,2 updates
+        (feature pixels)."""
+        B = coords.shape[0]
+        flows = coords[:, 1:] - coords[:, :-1]  # B,S-1,N,2
+        flows = torch.cat([flows, flows[:, -1:]], dim=1)  # B,S,N,2
+        with self._precision(coords.device, bf16=True):
             delta = self.delta_block(
                 rearrange(fcorrs, "b s n c -> (b n) s c"), rearrange(flows, "b s n c -> (b n) s c")
             )  # BN,S,2
-            if beautify and itr > 3 * iters // 4:
-                delta = delta * 0.5
-            coords = coords + rearrange(delta, "(b n) s c -> b s n c", b=B)  # B,S,N,2
-            coords_pred.append(coords * self.stride)
-            coords = torch.cat([coords0[:, None], coords[:, 1:]], dim=1)  # lock frame 0
-            coords_anim.append(coords * self.stride)
-        coords_anim.append(coords * self.stride)
-        coords_pred.append(coords * self.stride)
-        return PipsOutput(coords_pred, coords_anim, (feats1, feats2, feats4))
+        return rearrange(delta.float(), "(b n) s c -> b s n c", b=B)  # B,S,N,2

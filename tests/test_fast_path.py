@@ -1,0 +1,180 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nets.corr_triton
+from nets.corr import CorrBlock, build_pyramid
+from nets.encoder import InstanceNorm
+from nets.pips2 import Pips
+
+needs_cuda_triton = pytest.mark.skipif(
+    not (torch.cuda.is_available() and nets.corr_triton.triton is not None), reason="needs CUDA and Triton"
+)
+
+
+@pytest.fixture(scope="module")
+def model() -> Pips:
+    torch.manual_seed(0)
+    return Pips().eval()
+
+
+@pytest.fixture(scope="module")
+def clip() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    rgbs = torch.rand(1, 4, 3, 64, 96, generator=g) * 255  # B,S,3,H,W
+    xy = torch.rand(1, 1, 6, 2, generator=g) * torch.tensor([95.0, 63.0])
+    return xy.expand(1, 4, 6, 2).contiguous(), rgbs  # B,S,N,2 still points
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7), (2, 5, 6, 7)])
+def test_fast_instance_norm_matches_exact(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 3 + 2
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    norm = InstanceNorm()
+    exact = norm(x)
+    norm.fast = True
+    fast = norm(x)
+    torch.testing.assert_close(fast, exact, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast, F.instance_norm(x.contiguous()), atol=1e-5, rtol=1e-5)
+    half = norm(x.bfloat16())
+    assert half.dtype == torch.bfloat16
+    if x.dim() == 4:
+        assert fast.is_contiguous(memory_format=torch.channels_last)
+        assert half.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(half.float(), exact, atol=0.05, rtol=0.02)
+
+
+def test_fast_float32_path_matches_exact_and_switches_back(model: Pips, clip: tuple) -> None:
+    trajs_e0, rgbs = clip
+    with torch.no_grad():
+        fmaps = model.encode(rgbs)
+        exact = model(trajs_e0, rgbs, iters=1)
+        model.set_fast(True, bf16=False)
+        assert model.fnet.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+        fast_fmaps = model.encode(rgbs)
+        fast = model(trajs_e0, rgbs, iters=1)
+        model.set_fast(False)
+        again = model(trajs_e0, rgbs, iters=1)
+    torch.testing.assert_close(fast_fmaps, fmaps, atol=1e-4, rtol=0)
+    torch.testing.assert_close(fast.coords[-1], exact.coords[-1], atol=1e-2, rtol=0)
+    assert torch.equal(again.coords[-1], exact.coords[-1])
+
+
+def test_bf16_fast_path_keeps_coords_float32(model: Pips, clip: tuple) -> None:
+    trajs_e0, rgbs = clip
+    torch.manual_seed(2)
+    # instance norms over very short sequences amplify rounding (30% at S=4); S=16 gives about 3.5%
+    fcorrs, flows = torch.randn(6, 16, 588), torch.randn(6, 16, 2)  # BN,S,588 and BN,S,2
+    with torch.no_grad():
+        fmaps, delta = model.encode(rgbs), model.delta_block(fcorrs, flows)
+        model.set_fast(True)
+        fast_fmaps = model.encode(rgbs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast_delta = model.delta_block(fcorrs, flows)
+        out = model(trajs_e0, rgbs, iters=2)
+    model.set_fast(False)
+    # bf16 keeps about 3 significant digits per op; a wrong layout or norm would be off by ~100%
+    assert fast_fmaps.dtype == torch.float32 and rel_err(fast_fmaps, fmaps) < 0.05
+    assert fast_delta.dtype == torch.bfloat16 and rel_err(fast_delta, delta) < 0.08
+    assert all(c.dtype == torch.float32 for c in out.coords + out.coords_anim)
+    assert all(f.dtype == torch.float32 for f in out.feats)
+    assert torch.equal(out.coords[-1][:, 0], trajs_e0[:, 0])
+
+
+def test_fast_path_keeps_float32_under_outer_autocast(model: Pips, clip: tuple) -> None:
+    trajs_e0, rgbs = clip
+    model.set_fast(True, bf16=False)
+    with torch.no_grad():
+        plain = model(trajs_e0, rgbs, iters=1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outer = model(trajs_e0, rgbs, iters=1)
+    model.set_fast(False)
+    assert torch.equal(outer.coords[-1], plain.coords[-1])
+
+
+def test_compile_parts_keeps_parameter_names() -> None:
+    model = Pips()
+    keys = list(model.state_dict())
+    model.compile_parts(backend="eager")  # compiles lazily, on the first call
+    assert list(model.state_dict()) == keys
+
+
+def corr_case(B: int, S: int, N: int, C: int, H: int, W: int, levels: int, device: str = "cpu") -> tuple:
+    """Pyramid, 3 templates and coords inside, on the border, outside and far outside the map."""
+    g = torch.Generator().manual_seed(B * S * N + C)
+    fmaps = torch.randn(B, S, C, H, W, generator=g).to(device).requires_grad_()
+    targets = [torch.randn(B, S, N, C, generator=g).to(device).requires_grad_() for _ in range(3)]
+    coords = torch.rand(B, S, N, 2, generator=g) * torch.tensor([W + 8.0, H + 8.0]) - 4  # B,S,N,2
+    coords[0, 0, 0] = torch.tensor([-40.0, 3 * H])
+    coords[0, -1, 1] = torch.tensor([W - 1.0, H - 1.0])
+    coords[0, 0, 2] = torch.tensor([3.0, 2.0])
+    return build_pyramid(fmaps, levels), fmaps, targets, coords.to(device)
+
+
+def check_fused_against_pytorch(fused_corr, case: tuple, radius: int, atol: float) -> None:  # noqa: ANN001
+    pyramid, fmaps, targets, coords = case
+    block = CorrBlock(pyramid, radius)
+    expected = torch.cat([block.sample(t, coords) for t in targets], dim=-1)
+    out = fused_corr(pyramid, torch.stack(targets), coords, radius)
+    torch.testing.assert_close(out, expected, atol=atol, rtol=0)
+    weights = torch.randn_like(expected)
+    grads_expected = torch.autograd.grad((expected * weights).sum(), [fmaps, *targets], retain_graph=True)
+    grads = torch.autograd.grad((out * weights).sum(), [fmaps, *targets])
+    for got, want in zip(grads, grads_expected):
+        torch.testing.assert_close(got, want, atol=atol, rtol=0)
+
+
+INTERPRETER_CASES = [(16, 13, 17, 4, 3), (12, 9, 10, 3, 2)]  # C,H,W,levels,R: level 3 of H=13 has one row;
+# C=12 and R=2 leave masked lanes in the kernel's blocks
+
+
+def check_interpreted_cases() -> None:
+    """Run in a child process started with TRITON_INTERPRET=1: Triton must be imported in that mode."""
+    for C, H, W, levels, radius in INTERPRETER_CASES:
+        check_fused_against_pytorch(
+            nets.corr_triton.fused_corr, corr_case(1, 2, 3, C, H, W, levels), radius, 1e-5
+        )
+
+
+def test_fused_corr_matches_pytorch_in_interpreter() -> None:
+    pytest.importorskip("triton")
+    child = "from tests.test_fast_path import check_interpreted_cases; check_interpreted_cases()"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", child], cwd=root, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_fused_corr_unavailable_on_cpu() -> None:
+    assert not nets.corr_triton.available(torch.zeros(1))
+
+
+@needs_cuda_triton
+def test_fused_corr_matches_pytorch_on_cuda() -> None:
+    case = corr_case(2, 8, 64, 128, 40, 56, 4, device="cuda")
+    check_fused_against_pytorch(nets.corr_triton.fused_corr, case, 3, atol=1e-4)
+
+
+@needs_cuda_triton
+def test_fast_path_on_cuda_tracks_like_exact(clip: tuple) -> None:
+    trajs_e0, rgbs = (t.cuda() for t in clip)
+    torch.manual_seed(0)
+    model = Pips().cuda().eval()
+    with torch.no_grad():
+        exact = model(trajs_e0, rgbs, iters=1)
+        fast32 = model.set_fast(True, bf16=False)(trajs_e0, rgbs, iters=1)
+        fast = model.set_fast(True)(trajs_e0, rgbs, iters=2)
+    torch.testing.assert_close(fast32.coords[-1], exact.coords[-1], atol=5e-2, rtol=0)
+    assert fast.coords[-1].dtype == torch.float32 and torch.isfinite(fast.coords[-1]).all()
+    assert torch.equal(fast.coords[-1][:, 0], trajs_e0[:, 0])
