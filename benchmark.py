@@ -1,0 +1,283 @@
+"""Time, peak memory and FLOPs of the exact float32 path and the fast path of Pips, side by side.
+
+    python benchmark.py                                 # the official H100 configs on CUDA, small ones on CPU
+    python benchmark.py --configs eval-window --compile # one of them, fast path compiled
+    python benchmark.py --S 24 --N 512 --H 384 --W 512  # one custom shape
+
+Each row is timed after warm-up (CUDA events on CUDA), median and min over the repeats. FLOPs are counted
+with torch's FlopCounterMode on one step of the exact path (the fused kernel is invisible to the counter)
+and credited to both paths, so TFLOP/s compares them on the same work. Peak memory is the CUDA allocator's
+peak, or on CPU the growth of the process's peak resident memory (Linux).
+"""
+
+import contextlib
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import fire
+import torch
+from prettytable import PrettyTable
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+from nets import corr_triton
+from nets.losses import sequence_loss
+from nets.pips2 import Pips
+from utils.dist import pick_device
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    B: int
+    S: int
+    N: int
+    H: int
+    W: int
+    iters: int
+    train: bool = False  # forward, sequence_loss, backward, gradient clipping and an AdamW step
+    official_s: float | None = None  # the official code on one H100 80GB, float32
+    official_gib: float | None = None
+    official_tflop: float | None = None
+
+
+PRESETS = {
+    "official": (
+        Config("pips-jax", 1, 8, 256, 360, 640, 6, False, 0.131, 13.9, 0.71),
+        Config("demo", 1, 48, 1024, 512, 896, 16, False, 1.19, 72.9, 31.2),
+        Config("eval-window", 1, 128, 256, 512, 896, 16, False, 0.696, 69.9, 28.3),
+        Config("train-step", 4, 36, 128, 256, 384, 6, True, 0.51, 67.5),
+    ),
+    "cpu": (
+        Config("cpu-infer", 1, 8, 64, 128, 192, 2),
+        Config("cpu-train", 1, 4, 32, 128, 192, 2, True),
+    ),
+}
+
+
+def make_inputs(cfg: Config, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+    """Random frames and tracks; the initial trajectories hold the frame-0 points still, as at inference."""
+    g = torch.Generator().manual_seed(seed)
+    rgbs = torch.rand(cfg.B, cfg.S, 3, cfg.H, cfg.W, generator=g) * 255  # B,S,3,H,W
+    size = torch.tensor([cfg.W - 1.0, cfg.H - 1.0])
+    steps = torch.randn(cfg.B, cfg.S, cfg.N, 2, generator=g).cumsum(1)  # B,S,N,2
+    trajs_g = (torch.rand(cfg.B, 1, cfg.N, 2, generator=g) * size + 4 * steps).clamp(min=0).minimum(size)
+    inputs = {
+        "rgbs": rgbs,
+        "trajs_g": trajs_g,
+        "trajs_e0": trajs_g[:, :1].expand(-1, cfg.S, -1, -1).contiguous(),  # B,S,N,2
+        "valids": torch.ones(cfg.B, cfg.S, cfg.N),  # B,S,N
+    }
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def make_step(model: Pips, cfg: Config, inputs: dict[str, torch.Tensor]) -> Callable[[], None]:
+    """One inference forward, or one training step (as train.py: clip 5.0, AdamW lr 5e-4, wd 1e-6)."""
+    if not cfg.train:
+        model.eval()
+
+        def infer() -> None:
+            with torch.no_grad():
+                model(inputs["trajs_e0"], inputs["rgbs"], iters=cfg.iters)
+
+        return infer
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-6)
+
+    def train_step() -> None:
+        out = model(inputs["trajs_e0"], inputs["rgbs"], iters=cfg.iters)
+        sequence_loss(out.coords[:-1], inputs["trajs_g"], inputs["valids"]).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return train_step
+
+
+def count_flops(step: Callable[[], None]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def _proc_status_kib(field: str) -> int | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def _reset_peak(device: torch.device) -> int | None:
+    """Start a peak-memory window; returns the CPU baseline (KiB) where there is one."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return None
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    return _proc_status_kib("VmRSS")
+
+
+def _read_peak_gib(device: torch.device, baseline: int | None) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    peak = _proc_status_kib("VmHWM")
+    return None if peak is None or baseline is None else max(peak - baseline, 0) / 2**20
+
+
+def time_step(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Seconds per call of `step`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def build_model(device: torch.device, seed: int, fast: bool, bf16: bool, compile_parts: bool) -> Pips:
+    torch.manual_seed(seed)
+    model = Pips().to(device).set_fast(fast, bf16=bf16)
+    if fast and compile_parts:
+        model.compile_parts()
+    return model
+
+
+def run_config(
+    cfg: Config, paths: list[str], device: torch.device, *, bf16: bool, compile: bool, warmup: int,
+    repeats: int, seed: int, progress: tqdm,
+) -> list[dict]:  # fmt: skip
+    inputs = make_inputs(cfg, device, seed)
+    flops = count_flops(make_step(build_model(device, seed, False, bf16, False), cfg, inputs))
+    rows = []
+    for path in paths:
+        row = {**asdict(cfg), "path": path, "flops": flops}
+        if device.type != "cuda":
+            row = {k: v for k, v in row.items() if not k.startswith("official")}
+        try:
+            step = make_step(build_model(device, seed, path == "fast", bf16, compile), cfg, inputs)
+            baseline = _reset_peak(device)
+            times = time_step(step, device, warmup, repeats)
+            row["peak_gib"] = _read_peak_gib(device, baseline)
+        except torch.cuda.OutOfMemoryError:
+            row["error"] = "out of memory"
+        else:
+            median = statistics.median(times)
+            row |= {"times_s": times, "median_s": median, "min_s": min(times)}
+            row |= {"fps": cfg.B * cfg.S / median, "tflops_per_s": flops / median / 1e12}
+            if row.get("official_s"):
+                row["speedup_vs_official"] = cfg.official_s / median
+        rows.append(row)
+        progress.update()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def format_table(rows: list[dict], official: bool) -> PrettyTable:
+    columns = ["config", "path", "median s", "min s", "peak GiB", "frames/s", "TFLOP", "TFLOP/s"]
+    if official:
+        columns += ["official s", "official GiB", "official TFLOP", "speed-up"]
+    table = PrettyTable(columns)
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    for r in rows:
+        shape = f"{r['name']} (B{r['B']} S{r['S']} N{r['N']} {r['H']}x{r['W']} i{r['iters']})"
+        cells = [shape, r["path"]]
+        if "error" in r:
+            cells += [r["error"]] + ["-"] * (len(columns) - 3)
+        else:
+            cells += [fmt(r["median_s"], ".4f"), fmt(r["min_s"], ".4f"), fmt(r["peak_gib"], ".2f")]
+            cells += [fmt(r["fps"], ".1f"), fmt(r["flops"] / 1e12, ".4f"), fmt(r["tflops_per_s"], ".3f")]
+            if official:
+                cells += [fmt(r.get("official_s"), ".3f"), fmt(r.get("official_gib"), ".1f")]
+                cells += [fmt(r.get("official_tflop"), ".2f"), fmt(r.get("speedup_vs_official"), ".2f")]
+        table.add_row(cells)
+    return table
+
+
+def select_configs(preset: str, configs: str, device: torch.device) -> tuple[Config, ...]:
+    preset = preset or ("official" if device.type == "cuda" else "cpu")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    chosen = PRESETS[preset]
+    if configs:
+        names = [c.strip() for c in configs.split(",")]
+        unknown = sorted(set(names) - {c.name for c in chosen})
+        if unknown:
+            have = [c.name for c in chosen]
+            raise ValueError(f"unknown configs {unknown} in preset {preset!r}; it has {have}")
+        chosen = tuple(c for c in chosen if c.name in names)
+    return chosen
+
+
+def main(
+    *,
+    preset: str = "",  # 'official' (the H100 table) or 'cpu' (small); default official on CUDA, else cpu
+    configs: str = "",  # comma-separated config names of the preset to run; default all
+    S: int = 0,  # > 0: benchmark the custom shape B,S,N,H,W,iters,train instead of a preset
+    B: int = 1,  # custom shape: batch size
+    N: int = 256,  # custom shape: points per clip
+    H: int = 512,  # custom shape: frame height
+    W: int = 896,  # custom shape: frame width
+    iters: int = 16,  # custom shape: refinement iterations
+    train: bool = False,  # custom shape: time a training step instead of an inference forward
+    paths: str = "exact,fast",  # comma-separated paths to time: exact (float32) and/or fast
+    bf16: bool = True,  # the fast path runs the encoder and delta block under bf16 autocast
+    compile: bool = False,  # torch.compile the encoder and delta block of the fast path
+    warmup: int = 1,  # untimed calls before timing (the FLOP count runs one more)
+    repeats: int = 5,  # timed calls; median and min are reported
+    device: str = "",  # e.g. cuda:1 or cpu; default: CUDA if available
+    seed: int = 0,  # seeds the random weights and inputs
+    out: str = "benchmark.json",  # JSON with every row and the environment
+) -> None:
+    dev = pick_device(device)
+    path_list = [p.strip() for p in paths.split(",") if p.strip()]
+    if not path_list or set(path_list) - {"exact", "fast"}:
+        raise ValueError(f"paths must name exact and/or fast, got {paths!r}")
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    if S > 0:
+        chosen = (Config("custom", B, S, N, H, W, iters, train),)
+    else:
+        chosen = select_configs(preset, configs, dev)
+    rows = []
+    with tqdm(total=len(chosen) * len(path_list), desc="benchmark") as progress:
+        for cfg in chosen:
+            opts = {"bf16": bf16, "compile": compile, "warmup": warmup, "repeats": repeats, "seed": seed}
+            rows += run_config(cfg, path_list, dev, progress=progress, **opts)
+    print(format_table(rows, official=dev.type == "cuda"))
+    env = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "fused_corr": corr_triton.available(torch.empty(0, device=dev)),
+        "bf16": bf16,
+        "compile": compile,
+        "warmup": warmup,
+        "repeats": repeats,
+        "memory": "CUDA max_memory_allocated" if dev.type == "cuda" else "growth of peak RSS",
+    }
+    Path(out).write_text(json.dumps({"env": env, "results": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
