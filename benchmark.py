@@ -99,9 +99,13 @@ def make_step(model: Pips, cfg: Config, inputs: dict[str, torch.Tensor]) -> Call
     return train_step
 
 
-def count_flops(step: Callable[[], None]) -> int:
-    with FlopCounterMode(display=False) as counter:
-        step()
+def count_flops(step: Callable[[], None]) -> int | None:
+    """FLOPs of one call of `step`, or None when it runs out of GPU memory."""
+    try:
+        with FlopCounterMode(display=False) as counter:
+            step()
+    except torch.cuda.OutOfMemoryError:
+        return None
     return counter.get_total_flops()
 
 
@@ -180,7 +184,8 @@ def run_config(
         else:
             median = statistics.median(times)
             row |= {"times_s": times, "median_s": median, "min_s": min(times)}
-            row |= {"fps": cfg.B * cfg.S / median, "tflops_per_s": flops / median / 1e12}
+            row["fps"] = cfg.B * cfg.S / median
+            row["tflops_per_s"] = None if flops is None else flops / median / 1e12
             if row.get("official_s"):
                 row["speedup_vs_official"] = cfg.official_s / median
         rows.append(row)
@@ -206,7 +211,8 @@ def format_table(rows: list[dict], official: bool) -> PrettyTable:
             cells += [r["error"]] + ["-"] * (len(columns) - 3)
         else:
             cells += [fmt(r["median_s"], ".4f"), fmt(r["min_s"], ".4f"), fmt(r["peak_gib"], ".2f")]
-            cells += [fmt(r["fps"], ".1f"), fmt(r["flops"] / 1e12, ".4f"), fmt(r["tflops_per_s"], ".3f")]
+            tflop = None if r["flops"] is None else r["flops"] / 1e12
+            cells += [fmt(r["fps"], ".1f"), fmt(tflop, ".4f"), fmt(r["tflops_per_s"], ".3f")]
             if official:
                 cells += [fmt(r.get("official_s"), ".3f"), fmt(r.get("official_gib"), ".1f")]
                 cells += [fmt(r.get("official_tflop"), ".2f"), fmt(r.get("speedup_vs_official"), ".2f")]

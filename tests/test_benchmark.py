@@ -91,3 +91,13 @@ def test_cpu_peak_memory_sees_a_large_allocation() -> None:
     block = torch.ones(64, 2**20)  # 256 MiB, touched
     del block
     assert benchmark._read_peak_gib(cpu, baseline) >= 0.2
+
+
+def test_count_flops_by_hand_and_out_of_memory() -> None:
+    a, b = torch.ones(3, 4), torch.ones(4, 5)
+    assert benchmark.count_flops(lambda: a @ b) == 2 * 3 * 4 * 5
+
+    def too_big() -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    assert benchmark.count_flops(too_big) is None
