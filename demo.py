@@ -1,0 +1,156 @@
+"""Track points through a video with PIPs++ and draw them.
+
+python demo.py --filename video.mp4                     # a 32x32 grid at frame 0, reference model
+python demo.py --filename video.mp4 --queries q.txt     # your own points: rows of t,x,y in video pixels
+python demo.py --filename frames/ --random_weights      # smoke run without the checkpoint
+
+Writes <out_dir>/<name>_tracks.mp4 (each track a dot with a fading trail, coloured by where it starts,
+at the video's resolution) and <name>_tracks.npz (tracks T,N,2 in video pixels, queries N,3, fps).
+Long videos stream through window by window; only the tracks are held for the whole video.
+"""
+
+import io
+import math
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import fire
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nets.api import PipsTracker, check_queries, grid_queries
+from nets.pips2 import Pips
+from utils.dist import pick_device
+from utils.logger import Logger
+from utils.video import VideoWriter, read_video, video_info
+from utils.vis import colors_by_position, draw_tracks
+
+
+def load_queries(path: str | Path) -> np.ndarray:
+    """N,3 float32 rows of t,x,y from a .npy file or a .txt file (whitespace or commas, # comments)."""
+    p = Path(path)
+    if p.suffix.lower() not in (".txt", ".npy"):
+        raise ValueError(f"query file {p} must be a .txt or .npy file")
+    if not p.is_file():
+        raise FileNotFoundError(f"no such query file: {p}")
+    try:
+        if p.suffix.lower() == ".npy":
+            rows = np.load(p, allow_pickle=False).astype(np.float32)
+        else:
+            with warnings.catch_warnings():  # an empty file is reported below, not warned about
+                warnings.simplefilter("ignore")
+                text = p.read_text().replace(",", " ")
+                rows = np.loadtxt(io.StringIO(text), dtype=np.float32, ndmin=2)
+    except (ValueError, OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read query file {p}: {' '.join(str(err).split())}") from None
+    if rows.ndim != 2 or rows.shape[1] != 3 or len(rows) == 0:
+        raise ValueError(f"query file {p} must hold rows of t,x,y; got an array of shape {rows.shape}")
+    return rows
+
+
+def _chunks(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """Consecutive stacks of up to `size` frames, T,H,W,3."""
+    chunk = []
+    for frame in frames:
+        chunk.append(frame)
+        if len(chunk) == size:
+            yield np.stack(chunk)
+            chunk = []
+    if chunk:
+        yield np.stack(chunk)
+
+
+def _even(frames: np.ndarray) -> np.ndarray:
+    """Pad T,H,W,3 frames by one edge row/column where H or W is odd (H.264 needs even sizes)."""
+    _, H, W, _ = frames.shape
+    return np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
+
+
+def drawn_frames(
+    filename: str, tracks: np.ndarray, colors: np.ndarray, trail: int, radius: int, chunk: int
+) -> Iterator[np.ndarray]:
+    """The video's first T frames with the tracks T,N,2 drawn, streamed in chunks of frames T',H,W,3.
+    Each chunk is drawn after the last `trail` frames of the previous one so the trails run on."""
+    history = None  # the last frames of the previous chunk
+    start = 0
+    for frames in _chunks(read_video(filename, max_frames=len(tracks)), chunk):
+        ctx = 0 if history is None else len(history)
+        both = frames if history is None else np.concatenate([history, frames])  # ctx+T',H,W,3
+        end = start + len(frames)
+        drawn = draw_tracks(both, tracks[start - ctx : end], colors=colors, trail=trail, radius=radius)
+        yield drawn[ctx:]
+        history = both[max(len(both) - trail, 0) :] if trail > 0 else None
+        start = end
+
+
+def main(
+    *,
+    filename: str = "",  # video file (mp4/mov/avi/gif/...) or folder of jpg/png frames
+    N: int = 1024,  # points on a square grid at frame 0: round(sqrt(N))^2, so 1024 = 32x32
+    queries: str = "",  # .txt or .npy file of t,x,y rows in the video's pixels; replaces the grid
+    S: int = 64,  # frames per window
+    iters: int = 16,  # refinement iterations per window
+    image_size: tuple[int, int] = (512, 896),  # H,W the frames are resized to for the model
+    max_frames: int = 0,  # track only the first max_frames frames; 0 = all
+    init_dir: str = "./reference_model",  # checkpoint file, or directory holding model-*.pth
+    random_weights: bool = False,  # untrained model, no checkpoint needed (smoke runs)
+    out_dir: str = "./demo_out",  # where the mp4 and npz are written
+    device: str = "",  # cpu, cuda, cuda:1, ...; empty = best available
+    log_dir: str = "",  # also write the drawn video as TensorBoard gifs (one per window) here
+    fps: float = 0,  # frame rate of the output video; 0 = the input's (24 for a folder of frames)
+    trail: int = 8,  # frames of fading trail behind each point
+) -> None:
+    if not filename:
+        raise ValueError("no video given: pass --filename <video file or folder of frames>")
+    if max_frames < 0:
+        raise ValueError(f"max_frames must be >= 0, got {max_frames}")
+    info = video_info(filename)
+    T = min(max_frames, info.num_frames) if max_frames else info.num_frames
+    dev = pick_device(device)
+    if random_weights:
+        torch.manual_seed(0)
+        tracker = PipsTracker(Pips().to(dev), S=S, iters=iters, image_size=image_size)
+    else:
+        tracker = PipsTracker.from_checkpoint(init_dir, dev, S=S, iters=iters, image_size=image_size)
+    if queries:
+        query_rows = check_queries(load_queries(queries), T, info.height, info.width)  # N,3
+    else:
+        query_rows = grid_queries(round(math.sqrt(N)), info.height, info.width, tracker.image_size)  # N,3
+    # track() reports the frames of each forward pass: one pass per distinct query frame t, T-1-t frames
+    total = sum(T - 1 - t for t in query_rows[:, 0].unique().long().tolist())
+    began = time.perf_counter()
+    with tqdm(total=total, desc="tracking", unit="frame") as bar:
+        tracks = tracker(filename, queries=query_rows, max_frames=T, progress=bar.update)  # T,N,2
+    seconds = time.perf_counter() - began
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = Path(filename).resolve().stem
+    video_fps = info.fps or fps or 24.0
+    npz_path = out / f"{name}_tracks.npz"
+    np.savez(npz_path, tracks=tracks, queries=query_rows.numpy(), fps=np.float32(video_fps))
+    video_path = out / f"{name}_tracks.mp4"
+    colors = colors_by_position(query_rows[:, 1:].numpy(), info.height, info.width)  # N,3
+    radius = max(2, round(min(info.height, info.width) / 180))
+    log = Logger(log_dir, enabled=bool(log_dir))
+    with VideoWriter(video_path, fps=fps or video_fps) as writer:
+        drawn = drawn_frames(filename, tracks, colors, trail, radius, chunk=S)
+        for step, frames in enumerate(tqdm(drawn, desc="drawing", unit="window", total=-(-T // S))):
+            for frame in _even(frames):
+                writer.write(frame)
+            log.gif("outputs/tracks", frames, step, fps=round(fps or video_fps))
+    log.close()
+    speed = f"{T / seconds:.2f} frames/s"
+    print(f"tracked {len(query_rows)} points through {T} frames in {seconds:.1f} s ({speed})")
+    print(f"wrote {video_path} and {npz_path}" + (f"; TensorBoard gifs in {log_dir}" if log_dir else ""))
+
+
+if __name__ == "__main__":
+    try:
+        fire.Fire(main)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f"error: {' '.join(str(err).split())}")
