@@ -1,0 +1,54 @@
+"""torch.hub entry points.
+
+    model = torch.hub.load("path/to/repo", "pips2", source="local", pretrained=True)
+    tracker = torch.hub.load("path/to/repo", "pips2_tracker", source="local")
+    tracks = tracker("video.mp4", grid_size=32)  # T,1024,2 in the video's pixels
+
+pretrained=True uses <repo>/reference_model, downloading it with get_reference_model.sh when absent.
+"""
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nets.api import PipsTracker
+from nets.pips2 import Pips
+from utils.checkpoint import latest_checkpoint, load_weights
+from utils.dist import pick_device
+
+dependencies = ["einops", "imageio", "imageio_ffmpeg", "numpy", "torch"]
+
+REPO_DIR = Path(__file__).resolve().parent
+REFERENCE_DIR = REPO_DIR / "reference_model"
+DOWNLOAD_SCRIPT = REPO_DIR / "get_reference_model.sh"
+
+
+def _reference_dir() -> Path:
+    """REFERENCE_DIR, after downloading the reference model into it if it holds no checkpoint."""
+    if latest_checkpoint(REFERENCE_DIR) is None:
+        result = subprocess.run(["bash", str(DOWNLOAD_SCRIPT)], capture_output=True, text=True)
+        if result.returncode != 0:
+            lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+            raise RuntimeError(
+                f"could not download the reference model into {REFERENCE_DIR} ({lines[-1]}); run "
+                f"{DOWNLOAD_SCRIPT.name} once online, or load with pretrained=False"
+            )
+    return REFERENCE_DIR
+
+
+def pips2(pretrained: bool = False) -> Pips:
+    """The PIPs++ network; pretrained=True loads the published reference weights."""
+    model = Pips()
+    if pretrained:
+        load_weights(_reference_dir(), model)
+    return model
+
+
+def pips2_tracker(
+    pretrained: bool = True, device: torch.device | str | None = None, **kwargs: Any
+) -> PipsTracker:
+    """A PipsTracker (nets/api.py) on `device` (None = best available); kwargs: S, iters, image_size, fast."""
+    dev = pick_device(str(device) if device is not None else "")
+    return PipsTracker(pips2(pretrained).to(dev), device=dev, **kwargs)
