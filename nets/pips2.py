@@ -112,16 +112,17 @@ class Pips(nn.Module):
         Returns:
             PipsOutput; coords[-1] (B,S,N,2 pixels) is the result.
         """
+        S = trajs_e0.shape[1]
         with self._precision(rgbs.device, bf16=False):
             fmaps = self.encode(rgbs)  # B,S,C,H8,W8
             coords = trajs_e0 / float(self.stride)  # B,S,N,2 feature pixels
             coords0 = coords[:, 0].clone()  # B,N,2
-            frames = torch.arange(trajs_e0.shape[1], device=rgbs.device)
+            frames = torch.arange(S, device=rgbs.device)
             if feat_init is None:
                 feats1 = self.sample_templates(fmaps, coords, torch.zeros_like(frames))
                 feats2 = feats4 = feats1
             else:
-                feats1, feats2, feats4 = (f[:, : len(frames)] for f in feat_init)
+                feats1, feats2, feats4 = (f[:, :S] for f in feat_init)
             corr = CorrBlock(build_pyramid(fmaps, self.corr_levels), self.corr_radius, fused=self.fast)
             coords_pred, coords_anim = [], [coords * self.stride]
             for itr in range(iters):
