@@ -47,14 +47,14 @@ def main(
     init_dir: str = "./reference_model",  # checkpoint file, or directory of model-*.pth (latest is used)
     device: str = "",  # e.g. cuda, cuda:1, cpu; empty = cuda if available
     log_dir: str = "./logs_test_on_pod",  # TensorBoard logs and results.json
-    fast: bool = True,  # bf16 autocast on CUDA (CPU always runs exact float32)
+    fast: bool = True,  # the fast path (bf16, fused kernels) on CUDA; CPU always runs exact float32
     log_gifs: bool = False,  # also log tracks on frames to TensorBoard
     random_weights: bool = False,  # skip the checkpoint (smoke runs)
 ) -> None:
     config = dict(locals())
     size = check_image_size(image_size)
     dev = pick_device(device)
-    model, step = load_model(init_dir, dev, random_weights)
+    model, step = load_model(init_dir, dev, random_weights, fast=use_bf16(dev, fast))
     print(f"model: {'random weights' if random_weights else f'{init_dir} (step {step})'} on {dev}")
     dataset = PointOdysseyFullSeq(dataset_location, dset=dset, N=N)
     num_videos = len(dataset) if max_videos is None else min(max_videos, len(dataset))
@@ -66,7 +66,6 @@ def main(
         num_videos=num_videos,
         S=S,
         iters=iters,
-        amp=use_bf16(dev, fast),
         log=log,
         log_gifs=log_gifs,
     )

@@ -109,7 +109,7 @@ def main(
     init_dir: str = "./reference_model",  # checkpoint file, or directory of model-*.pth (latest is used)
     device: str = "",  # e.g. cuda, cuda:1, cpu; empty = cuda if available
     log_dir: str = "./logs_test_on_tap",  # TensorBoard logs and results.json
-    fast: bool = True,  # bf16 autocast on CUDA (CPU always runs exact float32)
+    fast: bool = True,  # the fast path (bf16, fused kernels) on CUDA; CPU always runs exact float32
     log_gifs: bool = False,  # also log tracks on frames to TensorBoard
     random_weights: bool = False,  # skip the checkpoint (smoke runs)
 ) -> None:
@@ -123,7 +123,7 @@ def main(
     if any(m not in TAPVID_QUERY_MODES for m in modes):
         raise ValueError(f"query_modes must be among {TAPVID_QUERY_MODES}, got {query_modes!r}")
     dev = pick_device(device)
-    model, step = load_model(init_dir, dev, random_weights)
+    model, step = load_model(init_dir, dev, random_weights, fast=use_bf16(dev, fast))
     print(f"model: {'random weights' if random_weights else f'{init_dir} (step {step})'} on {dev}")
     dataset = TapVidDavis(dataset_location)
     num_videos = len(dataset) if max_videos is None else min(max_videos, len(dataset))
@@ -135,7 +135,6 @@ def main(
         num_videos=num_videos,
         S=S,
         iters=iters,
-        amp=use_bf16(dev, fast),
         log=log,
         log_gifs=log_gifs,
     )

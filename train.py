@@ -130,7 +130,7 @@ class StepResult:
     batch: ClipBatch  # as fed to the model (after the transpose augmentation)
 
 
-def run_model(model, batch: ClipBatch, iters: int, g: torch.Generator, train: bool, bf16: bool) -> StepResult:
+def run_model(model, batch: ClipBatch, iters: int, g: torch.Generator, train: bool) -> StepResult:
     """One forward + loss. In training, half of the batches are transposed (H<->W) and tracks start from
     the official random init; validation starts from zero velocity."""
     rgbs, trajs_g, visibs, valids = batch
@@ -139,8 +139,7 @@ def run_model(model, batch: ClipBatch, iters: int, g: torch.Generator, train: bo
         rgbs, trajs_g = rgbs.transpose(-1, -2), trajs_g.flip(-1)
     H, W = rgbs.shape[-2:]
     trajs_e0 = initial_trajs(trajs_g, g, H, W) if train else trajs_g[:, :1].expand_as(trajs_g).clone()
-    with dist.autocast(rgbs.device, bf16):
-        out = model(trajs_e0, rgbs, iters=iters)
+    out = model(trajs_e0, rgbs, iters=iters)
     loss = sequence_loss([c.float() for c in out.coords[:-1]], trajs_g, valids, gamma=0.8)
     return StepResult(loss, out.coords[-1].detach().float(), ClipBatch(rgbs, trajs_g, visibs, valids))
 
@@ -170,7 +169,7 @@ class TrainStep(NamedTuple):
     skipped: bool  # a non-finite loss or gradient: no update was made
 
 
-def train_step(net, params, optimizer, data, g, iters, grad_acc, grad_clip, device, bf16) -> TrainStep:
+def train_step(net, params, optimizer, data, g, iters, grad_acc, grad_clip, device) -> TrainStep:
     """Forward/backward over grad_acc micro-batches, gradient clipping and one optimizer step.
 
     Every rank agrees on skipping a step with a non-finite loss, so DDP never waits on a missing backward.
@@ -183,7 +182,7 @@ def train_step(net, params, optimizer, data, g, iters, grad_acc, grad_clip, devi
         batch = next(data).to(device)
         t_iter = time.time()
         rtime += t_iter - t_read
-        res = run_model(net, batch, iters, g, train=True, bf16=bf16)
+        res = run_model(net, batch, iters, g, train=True)
         if dist.all_reduce_mean(torch.isfinite(res.loss).float()).item() < 1.0:
             optimizer.zero_grad(set_to_none=True)
             return TrainStep(float("nan"), res, rtime, itime, True)
@@ -232,7 +231,7 @@ def main(
     log_dir: str = "./logs_train",  # TensorBoard logs and config.json, per run
     ckpt_dir: str = "./checkpoints",  # checkpoints, per run
     device: str = "",  # '' = cuda if available, else mps, else cpu
-    bf16: bool = True,  # bf16 autocast on CUDA (CPU always runs float32)
+    fast: bool = True,  # the fast path on CUDA: bf16 autocast, channels_last, fused kernels (CPU: float32)
     compile: bool = False,  # torch.compile the model
     max_bad_steps: int = 5,  # stop after this many non-finite losses in a row
 ) -> None:
@@ -260,7 +259,8 @@ def main(
     run_name = run_name or f"{B}_{S}_{N}_i{iters}_{lr:.0e}_{time.strftime('%Y%m%d_%H%M%S')}"
     run_ckpt, run_log = ckpt_root / run_name, Path(log_dir) / run_name
 
-    model = Pips(stride=8).to(info.device)
+    use_fast = dist.use_bf16(info.device, fast)
+    model = Pips(stride=8).to(info.device).set_fast(use_fast)
     model.norm.requires_grad_(False)  # unused by the forward; kept only for checkpoint compatibility
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=1e-8)
@@ -284,7 +284,6 @@ def main(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None
         )
     net = torch.compile(model) if compile else model
-    use_bf16 = dist.use_bf16(info.device, bf16)
 
     logger = Logger(run_log, enabled=info.is_main)
     if info.is_main:
@@ -293,7 +292,7 @@ def main(
         (run_log / "config.json").write_text(json.dumps(config, indent=2, default=str))
         print(
             f"run {run_name}: {'resuming at step ' + str(start) if resume else 'new'}; device {info.device}"
-            f"{' (bf16)' if use_bf16 else ''}; {info.world_size} process(es)"
+            f"{' (fast path, bf16)' if use_fast else ''}; {info.world_size} process(es)"
         )
 
     train_iter = batches(train_data, B, num_workers, info, seed, start * grad_acc)
@@ -305,9 +304,7 @@ def main(
         step += 1
         t0 = time.time()
         g = step_generator(seed, step, info.rank)
-        out = train_step(
-            net, params, optimizer, train_iter, g, iters, grad_acc, grad_clip, info.device, use_bf16
-        )
+        out = train_step(net, params, optimizer, train_iter, g, iters, grad_acc, grad_clip, info.device)
         if out.skipped:
             bad_steps += 1
             log.warning("step %d: non-finite loss or gradient; step skipped (%d in a row)", step, bad_steps)
@@ -319,9 +316,7 @@ def main(
         if scheduler is not None:
             scheduler.step()
         if val_iter is not None and (step % val_freq == 0 or step == start + 1):
-            pools_v.update(
-                validate(net, next(val_iter).to(info.device), iters * 2, use_bf16, logger, step, log_freq)
-            )
+            pools_v.update(validate(net, next(val_iter).to(info.device), iters * 2, logger, step, log_freq))
         if info.is_main:
             if step % max(log_freq // 4, 1) == 0:
                 logger.scalars(step, pools_t.means(), "train/")
@@ -342,10 +337,10 @@ def main(
 
 
 @torch.no_grad()
-def validate(model, batch: ClipBatch, iters: int, bf16: bool, logger: Logger, step: int, log_freq: int):
+def validate(model, batch: ClipBatch, iters: int, logger: Logger, step: int, log_freq: int):
     """Metrics of one held-out batch, tracked from zero velocity with 2x iterations."""
     model.eval()
-    res = run_model(model, batch, iters, torch.Generator(), train=False, bf16=bf16)
+    res = run_model(model, batch, iters, torch.Generator(), train=False)
     if step % log_freq == 0:
         logger.gif("val/trajs_e_on_rgbs", tracks_gif(res), step)
     return {**metrics_of(res), "loss": res.loss.item()}

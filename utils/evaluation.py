@@ -21,7 +21,6 @@ from tqdm import tqdm
 from nets.pips2 import Pips
 from nets.tracker import FrameSource, track_from_first_frame
 from utils.checkpoint import load_weights
-from utils.dist import autocast
 from utils.logger import Logger, RunningMeans
 from utils.metrics import compute_pips_metrics
 from utils.vis import draw_text, draw_tracks, draw_trajs_on_image
@@ -48,15 +47,18 @@ def check_image_size(image_size: Sequence[int] | str) -> tuple[int, int]:
     return H, W
 
 
-def load_model(init_dir: str | Path, device: torch.device, random_weights: bool = False) -> tuple[Pips, int]:
-    """Pips in eval mode on `device` with the checkpoint of `init_dir` (a file, or a directory's latest).
+def load_model(
+    init_dir: str | Path, device: torch.device, random_weights: bool = False, fast: bool = False
+) -> tuple[Pips, int]:
+    """Pips in eval mode on `device` with the checkpoint of `init_dir` (a file, or a directory's latest),
+    on the fast path (Pips.set_fast) when `fast`.
 
     Returns the model and the checkpoint's step (0 with random_weights, which skips loading).
     Raises FileNotFoundError pointing at get_reference_model.sh when there is no checkpoint.
     """
     model = Pips(stride=8)
     step = 0 if random_weights else load_weights(init_dir, model)
-    return model.to(device).eval(), step
+    return model.to(device).eval().set_fast(fast), step
 
 
 def scale_tracks(trajs: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:
@@ -167,24 +169,21 @@ def _log_visuals(log: Logger, video: EvalVideo, trajs_e: np.ndarray, d_avg: floa
 
 
 def _track_video(
-    model: Pips, video: EvalVideo, S: int, iters: int, amp: bool, bar: tqdm
+    model: Pips, video: EvalVideo, S: int, iters: int, bar: tqdm
 ) -> tuple[torch.Tensor, float, float]:
     """Frame-0 tracking of one video -> (trajs_e 1,T,N,2, read seconds, inference seconds)."""
     device = next(model.parameters()).device
     frames = TimedFrames(video.frames)
     xy = torch.from_numpy(np.ascontiguousarray(video.trajs_g[0]))[None].to(device)  # 1,N,2
     t0 = time.perf_counter()
-    with autocast(device, amp):
-        trajs_e = track_from_first_frame(model, frames, xy, S=S, iters=iters, progress=bar.update)
+    trajs_e = track_from_first_frame(model, frames, xy, S=S, iters=iters, progress=bar.update)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     total = time.perf_counter() - t0
     return trajs_e, frames.seconds, total - frames.seconds
 
 
-def evaluate_video(
-    model: Pips, video: EvalVideo, S: int, iters: int, amp: bool
-) -> tuple[dict[str, Any], np.ndarray]:
+def evaluate_video(model: Pips, video: EvalVideo, S: int, iters: int) -> tuple[dict[str, Any], np.ndarray]:
     """Track one video from its frame-0 ground truth and score it -> (result row, trajs_e T,N,2).
 
     The row holds name, num_frames, num_points, rtime (seconds reading frames), itime (seconds in the
@@ -193,7 +192,7 @@ def evaluate_video(
     T, N = video.valids.shape
     with tqdm(total=T, desc=video.name, unit="frame", leave=False) as bar:
         bar.update(1)  # frame 0 holds the queries
-        trajs_e, rtime, itime = _track_video(model, video, S, iters, amp, bar)
+        trajs_e, rtime, itime = _track_video(model, video, S, iters, bar)
     trajs_g = torch.from_numpy(video.trajs_g)[None]  # 1,T,N,2
     valids = torch.from_numpy(np.asarray(video.valids, np.float32))[None]  # 1,T,N
     row: dict[str, Any] = {
@@ -205,8 +204,7 @@ def evaluate_video(
     }
     row.update(compute_pips_metrics(trajs_e, trajs_g, valids, *video.image_hw))
     if video.extra is not None:
-        with autocast(next(model.parameters()).device, amp):
-            row.update(video.extra(model))
+        row.update(video.extra(model))
     return row, trajs_e[0].cpu().numpy()
 
 
@@ -217,12 +215,11 @@ def evaluate_videos(
     num_videos: int,
     S: int = 128,
     iters: int = 16,
-    amp: bool = False,
     log: Logger | None = None,
     log_gifs: bool = False,
 ) -> EvalResults:
     """Evaluate videos one by one (see evaluate_video): the frame-0 protocol with windows of S frames
-    chained as official, in bf16 autocast when amp.
+    chained as official.
 
     Prints the official line per video (running means over videos) above a tqdm bar, and logs each
     video's metrics to TensorBoard at step = video index (and its tracks when log_gifs).
@@ -233,7 +230,7 @@ def evaluate_videos(
         if video.valids.shape[1] == 0:
             logger.warning("video %s has no point to track; skipped", video.name)
             continue
-        row, trajs_e = evaluate_video(model, video, S, iters, amp)
+        row, trajs_e = evaluate_video(model, video, S, iters)
         metrics = {k: v for k, v in row.items() if k not in ROW_INFO and v is not None}
         running.update(metrics)
         tqdm.write(
