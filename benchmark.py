@@ -28,7 +28,7 @@ from tqdm import tqdm
 from nets import corr_triton
 from nets.losses import sequence_loss
 from nets.pips2 import Pips
-from utils.dist import pick_device
+from utils.dist import pick_device, use_bf16
 
 
 @dataclass(frozen=True)
@@ -247,7 +247,7 @@ def main(
     iters: int = 16,  # custom shape: refinement iterations
     train: bool = False,  # custom shape: time a training step instead of an inference forward
     paths: str = "exact,fast",  # comma-separated paths to time: exact (float32) and/or fast
-    bf16: bool = True,  # the fast path runs the encoder and delta block under bf16 autocast
+    bf16: bool = True,  # the fast path runs the encoder and delta block under bf16 autocast (where supported)
     compile: bool = False,  # torch.compile the encoder and delta block of the fast path
     warmup: int = 1,  # untimed calls before timing (the FLOP count runs one more)
     repeats: int = 5,  # timed calls; median and min are reported
@@ -256,6 +256,7 @@ def main(
     out: str = "benchmark.json",  # JSON with every row and the environment
 ) -> None:
     dev = pick_device(device)
+    bf16 = bf16 and (dev.type != "cuda" or use_bf16(dev))
     path_list = [p.strip() for p in paths.split(",") if p.strip()]
     if not path_list or set(path_list) - {"exact", "fast"}:
         raise ValueError(f"paths must name exact and/or fast, got {paths!r}")
