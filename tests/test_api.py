@@ -36,6 +36,17 @@ class ShiftModel(torch.nn.Module):
         return PipsOutput([coords], [coords], feats)
 
 
+class BrightnessModel(ShiftModel):
+    """Moves points by each frame's mean brightness at the model's resolution, so the tracks change if
+    any frame reaching the model differs (decoding, resizing, time order)."""
+
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+        out = super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
+        coords = out.coords[-1] + rgbs.mean(dim=(2, 3, 4))[:, :, None, None] / 50  # B,S,N,2
+        coords[:, 0] = trajs_e0[:, 0]
+        return PipsOutput([coords], [coords], out.feats)
+
+
 def textured_video(T: int = 24, H: int = 96, W: int = 128) -> np.ndarray:
     yy, xx = np.mgrid[:H, :W]
     frames = [np.stack([(2 * xx + 3 * t) % 256, 2 * yy % 256, (xx + yy + 5 * t) % 256], -1) for t in range(T)]
@@ -46,8 +57,7 @@ def test_numpy_tensor_and_path_inputs_give_the_same_tracks(tmp_path) -> None:
     path = tmp_path / "clip.mp4"
     write_video(path, textured_video(T=12), fps=10)
     frames = read_frames(path)  # the decoded frames, exactly what the path input sees
-    torch.manual_seed(0)
-    tracker = PipsTracker(Pips(), S=8, iters=1, image_size=(64, 96))
+    tracker = PipsTracker(BrightnessModel(), S=5, iters=1, image_size=(64, 96))
     queries = np.array([[0, 10.0, 20.0], [6, 50.5, 40.0], [6, 120.0, 90.0]], np.float32)
     from_numpy = tracker(frames, queries=queries)
     from_tensor = tracker(torch.from_numpy(frames), queries=torch.from_numpy(queries))
@@ -57,7 +67,7 @@ def test_numpy_tensor_and_path_inputs_give_the_same_tracks(tmp_path) -> None:
     np.testing.assert_array_equal(from_numpy, from_tensor.numpy())
     np.testing.assert_array_equal(from_numpy, from_path)
     np.testing.assert_allclose(from_numpy[[0, 6, 6], [0, 1, 2]], queries[:, 1:], atol=1e-4)
-    assert np.abs(from_numpy - queries[None, :, 1:]).max() > 0.01  # the random model did move them
+    assert np.abs(from_numpy - queries[None, :, 1:]).min(axis=(1, 2))[[1, 5, 7, 11]].min() > 1  # they moved
 
 
 def test_tracks_come_back_in_input_pixels() -> None:

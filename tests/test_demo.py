@@ -74,7 +74,6 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     """Case name -> (demo.py arguments, text its one-line error must contain)."""
     video = str(make_video(tmp / "ok.mp4", T=4, H=64, W=64))
     (tmp / "text.mp4").write_text("not a video")
-    (tmp / "frames").mkdir()
     zero = tmp / "zero.mp4"
     subprocess.run(
         [imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=64x64"]
@@ -84,17 +83,14 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     (tmp / "outside.txt").write_text("0 64 10\n")
     (tmp / "late.txt").write_text("4 10 10\n")
     (tmp / "junk.txt").write_text("t x y\n")
-    np.save(tmp / "pairs.npy", np.zeros((3, 2)))
     weights = ["--random_weights"]
     return {
         "missing": ([str(tmp / "nope.mp4")] + weights, f"no such video file or folder: {tmp / 'nope.mp4'}"),
         "unreadable": ([str(tmp / "text.mp4")] + weights, f"cannot read video {tmp / 'text.mp4'}"),
         "zero frames": ([str(zero)] + weights, str(zero)),
-        "empty folder": ([str(tmp / "frames")] + weights, "no .jpg/.jpeg/.png images in folder"),
         "outside": ([video, "--queries", str(tmp / "outside.txt")] + weights, "lies outside the 64x64 frame"),
         "too late": ([video, "--queries", str(tmp / "late.txt")] + weights, "outside the video's 4 frames"),
         "junk": ([video, "--queries", str(tmp / "junk.txt")] + weights, "cannot read query file"),
-        "pairs": ([video, "--queries", str(tmp / "pairs.npy")] + weights, "must hold rows of t,x,y"),
         "checkpoint": ([video, "--init_dir", str(tmp / "ckpt")], "Run ./get_reference_model.sh"),
     }
 
@@ -119,6 +115,14 @@ def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_no_filename() -> None:
+def test_more_bad_input(tmp_path) -> None:
     with pytest.raises(ValueError, match="pass --filename"):
         main()
+    (tmp_path / "frames").mkdir()
+    with pytest.raises(ValueError, match="no .jpg/.jpeg/.png images in folder"):
+        main(filename=str(tmp_path / "frames"), **TINY)
+    np.save(tmp_path / "pairs.npy", np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"must hold rows of t,x,y; got an array of shape \(3, 2\)"):
+        load_queries(tmp_path / "pairs.npy")
+    with pytest.raises(ValueError, match="must be a .txt or .npy file"):
+        load_queries(tmp_path / "q.csv")
