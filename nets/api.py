@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from nets.pips2 import Pips
 from nets.tracker import track
 from utils.checkpoint import load_weights
-from utils.dist import autocast, pick_device, use_bf16
+from utils.dist import pick_device, use_bf16
 from utils.video import read_video, video_info
 
 REFERENCE_DIR = "./reference_model"
@@ -175,7 +175,9 @@ class PipsTracker:
             evaluation's 128, and its windows still overlap by a single frame.
         iters: refinement iterations per window.
         image_size: H,W the frames are resized to for the model.
-        fast: bf16 autocast; None = on where supported (CUDA), float32 elsewhere.
+        fast: the model's fast path (Pips.set_fast: bf16, channels_last, fused correlation); None = on
+            where bf16 is supported (CUDA), the exact float32 path elsewhere. None leaves a model that is
+            already on the fast path as it is.
         device: where frames are sent; None = the model's device.
     """
 
@@ -197,7 +199,9 @@ class PipsTracker:
         self.device = torch.device(device)
         self.S, self.iters = S, iters
         self.image_size = _check_size(image_size)
-        self.amp = use_bf16(self.device, fast is None or fast)
+        self.fast = use_bf16(self.device, fast is None or fast)
+        if self.fast or fast is not None:
+            model.set_fast(self.fast)
 
     @classmethod
     def from_checkpoint(
@@ -257,8 +261,7 @@ class PipsTracker:
                 q = check_queries(queries, source.num_frames, H, W)
             scale = torch.tensor([self.image_size[1] / W, self.image_size[0] / H])  # 2, x then y
             q_model = torch.cat([q[:, :1], q[:, 1:] * scale], dim=-1).to(self.device)  # N,3
-            with autocast(self.device, self.amp):
-                tracks = track(self.model, source, q_model[None], self.S, self.iters, progress)  # 1,T,N,2
+            tracks = track(self.model, source, q_model[None], self.S, self.iters, progress)  # 1,T,N,2
         finally:
             source.close()
         tracks = tracks[0].float().cpu() / scale  # T,N,2

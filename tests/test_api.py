@@ -181,7 +181,16 @@ def test_from_checkpoint(tmp_path) -> None:
     model = Pips()
     save(tmp_path, model, step=7)
     tracker = PipsTracker.from_checkpoint(tmp_path, device="cpu", S=8, iters=2, image_size=(64, 64))
-    assert (tracker.S, tracker.iters, tracker.image_size, tracker.amp) == (8, 2, (64, 64), False)
+    assert (tracker.S, tracker.iters, tracker.image_size, tracker.fast) == (8, 2, (64, 64), False)
     assert same_weights(tracker.model, model)
     with pytest.raises(FileNotFoundError, match="get_reference_model.sh"):
         PipsTracker.from_checkpoint(tmp_path / "missing", device="cpu")
+
+
+def test_fast_switch_on_cpu() -> None:
+    model = Pips().set_fast(True)
+    assert PipsTracker(model).fast is False and model.fast  # None leaves the model's own choice
+    PipsTracker(model, fast=False)
+    assert not model.fast
+    PipsTracker(model, fast=True)  # bf16 needs CUDA: the exact path stays
+    assert not model.fast
