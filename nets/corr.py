@@ -28,6 +28,9 @@ def build_pyramid(fmaps: torch.Tensor, num_levels: int) -> list[torch.Tensor]:
     return pyramid
 
 
+GATHER_BUDGET = 1 << 25  # window features gathered at once (floats), bounding the transient memory
+
+
 def _window_dots(fmap: torch.Tensor, targets: torch.Tensor, corner: torch.Tensor, K: int) -> torch.Tensor:
     """Dot products of each target with the K x K integer-position features from `corner` (zero outside).
 
@@ -39,17 +42,18 @@ def _window_dots(fmap: torch.Tensor, targets: torch.Tensor, corner: torch.Tensor
     offs = torch.arange(K, device=fmap.device)
     xs = corner[..., 0:1] + offs  # BS,N,K
     ys = corner[..., 1:2] + offs  # BS,N,K
-    x_in = (xs >= 0) & (xs < W)
-    base = torch.arange(BS, device=fmap.device).view(BS, 1, 1) * (H * W)
-    col = xs.clamp(0, W - 1) + base  # BS,N,K
-    tgt = targets.reshape(BS * N, C, 1)
-    rows = []
-    for ky in range(K):  # one row of the window at a time bounds the gathered memory to BS*N*K*C
-        y = ys[..., ky : ky + 1]  # BS,N,1
-        idx = (y.clamp(0, H - 1) * W + col).reshape(-1)  # BS*N*K
-        dots = torch.bmm(feat[idx].view(BS * N, K, C), tgt).view(BS, N, K)  # BS,N,K
-        rows.append(dots * (x_in & (y >= 0) & (y < H)))
-    return torch.stack(rows, dim=2)  # BS,N,K,K
+    inside = ((ys >= 0) & (ys < H))[..., :, None] & ((xs >= 0) & (xs < W))[..., None, :]  # BS,N,K,K
+    base = torch.arange(BS, device=fmap.device).view(BS, 1, 1, 1) * (H * W)
+    idx = ys.clamp(0, H - 1)[..., :, None] * W + xs.clamp(0, W - 1)[..., None, :] + base  # BS,N,K,K
+    step = max(1, GATHER_BUDGET // (BS * K * K * C))  # points per chunk
+    chunks = []
+    for n0 in range(0, N, step):
+        n = min(step, N - n0)
+        win = feat[idx[:, n0 : n0 + n].reshape(-1)].view(BS * n, K * K, C)  # BSn,KK,C
+        tgt = targets[:, n0 : n0 + n].reshape(BS * n, C, 1)
+        chunks.append(torch.bmm(win, tgt).view(BS, n, K, K))
+    dots = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)  # BS,N,K,K
+    return dots * inside
 
 
 def sample_corr_level(

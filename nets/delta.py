@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nets.encoder import InstanceNorm
+from nets.norm import InstanceNorm
 
 
 def posemb_sincos_2d_xy(xy: torch.Tensor, C: int, temperature: float = 10000.0) -> torch.Tensor:

@@ -9,7 +9,8 @@ from einops import rearrange
 
 from nets.corr import CorrBlock, build_pyramid
 from nets.delta import DeltaBlock
-from nets.encoder import BasicEncoder, InstanceNorm
+from nets.encoder import BasicEncoder
+from nets.norm import InstanceNorm
 from utils.sampling import bilinear_sample_border
 
 Feats = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

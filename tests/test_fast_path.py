@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import nets.corr_triton
 from nets.corr import CorrBlock, build_pyramid
-from nets.encoder import InstanceNorm
+from nets.norm import InstanceNorm
 from nets.pips2 import Pips
 
 needs_cuda_triton = pytest.mark.skipif(
