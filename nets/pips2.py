@@ -13,6 +13,8 @@ from nets.encoder import BasicEncoder
 from nets.norm import InstanceNorm
 from utils.sampling import bilinear_sample_border
 
+ENCODE_CHUNK = 16  # frames per encoder call when no gradient is needed
+
 Feats = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -76,12 +78,19 @@ class Pips(nn.Module):
         min_side = self.stride * 2 ** (self.corr_levels - 1)
         if min(H, W) < min_side:
             raise ValueError(f"frames of {H}x{W} are too small: each side needs at least {min_side} pixels")
-        x = 2 * (rgbs.reshape(B * S, 3, H, W) / 255.0) - 1
+        frames = rgbs.reshape(B * S, 3, H, W)
+        # without autograd, frames go through in chunks: the encoder's activations dominate the memory
+        chunk = B * S if torch.is_grad_enabled() else ENCODE_CHUNK
+        fmaps = torch.cat([self._encode_frames(frames[i : i + chunk]) for i in range(0, B * S, chunk)])
+        return fmaps.reshape(B, S, *fmaps.shape[1:])  # B,S,C,H8,W8
+
+    def _encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames F,3,H,W float 0..255 -> F,C,H8,W8 float32."""
+        x = 2 * (frames / 255.0) - 1
         if self.fast:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._precision(x.device, bf16=True):
-            fmaps = self.fnet(x).float()  # BS,C,H8,W8
-        return fmaps.reshape(B, S, *fmaps.shape[1:])  # B,S,C,H8,W8
+            return self.fnet(x).float()
 
     @staticmethod
     def sample_templates(fmaps: torch.Tensor, coords: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor:

@@ -116,3 +116,11 @@ def test_sequence_loss_by_hand() -> None:
 def test_too_small_frames_error() -> None:
     with pytest.raises(ValueError, match="frames of 48x96 are too small"):
         Pips()(torch.zeros(1, 2, 1, 2), torch.zeros(1, 2, 3, 48, 96))
+
+
+def test_chunked_encoding_without_grad_matches_one_batch(model: Pips) -> None:
+    rgbs = torch.rand(2, 11, 3, 64, 64) * 255  # 22 frames: two chunks
+    with torch.no_grad():
+        chunked = model.encode(rgbs)
+    whole = model.encode(rgbs).detach()
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
