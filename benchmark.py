@@ -28,6 +28,7 @@ from tqdm import tqdm
 from nets import corr_triton
 from nets.losses import sequence_loss
 from nets.pips2 import Pips
+from utils.cli import explain_flags
 from utils.dist import pick_device, use_bf16
 
 
@@ -235,6 +236,7 @@ def select_configs(preset: str, configs: str, device: torch.device) -> tuple[Con
     return chosen
 
 
+@explain_flags
 def main(
     *,
     preset: str = "",  # 'official' (the H100 table) or 'cpu' (small); default official on CUDA, else cpu

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from nets.api import PipsTracker, check_queries, grid_queries
 from nets.pips2 import Pips
+from utils.cli import explain_flags
 from utils.dist import pick_device
 from utils.logger import Logger
 from utils.video import VideoWriter, read_video, video_info
@@ -87,6 +88,7 @@ def drawn_frames(
         start = end
 
 
+@explain_flags
 def main(
     *,
     filename: str = "",  # video file (mp4/mov/avi/gif/...) or folder of jpg/png frames
