@@ -102,6 +102,7 @@ def main(
     random_weights: bool = False,  # untrained model, no checkpoint needed (smoke runs)
     out_dir: str = "./demo_out",  # where the mp4 and npz are written
     device: str = "",  # cpu, cuda, cuda:1, ...; empty = best available
+    fast: bool = True,  # the fast path (bf16, fused kernels) on CUDA; CPU always runs exact float32
     log_dir: str = "",  # also write the drawn video as TensorBoard gifs (one per window) here
     fps: float = 0,  # frame rate of the output video; 0 = the input's (24 for a folder of frames)
     trail: int = 8,  # frames of fading trail behind each point
@@ -115,9 +116,11 @@ def main(
     dev = pick_device(device)
     if random_weights:
         torch.manual_seed(0)
-        tracker = PipsTracker(Pips().to(dev), S=S, iters=iters, image_size=image_size)
+        tracker = PipsTracker(Pips().to(dev), S=S, iters=iters, image_size=image_size, fast=fast)
     else:
-        tracker = PipsTracker.from_checkpoint(init_dir, dev, S=S, iters=iters, image_size=image_size)
+        tracker = PipsTracker.from_checkpoint(
+            init_dir, dev, S=S, iters=iters, image_size=image_size, fast=fast
+        )
     if queries:
         query_rows = check_queries(load_queries(queries), T, info.height, info.width)  # N,3
     else:
