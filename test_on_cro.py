@@ -3,7 +3,6 @@ head-box centres visible at frames 0 and 1 as queries, frames read window by win
 image_size, and d_avg, survival_16 and median_l2 at that resolution on the valid frames."""
 
 import sys
-from pathlib import Path
 
 import fire
 import torch
@@ -15,13 +14,10 @@ from utils.evaluation import (
     EvalVideo,
     ImageFiles,
     check_image_size,
-    evaluate_videos,
+    evaluate_and_report,
     load_model,
-    results_table,
     scale_tracks,
-    write_results,
 )
-from utils.logger import Logger
 
 
 def to_eval_video(clip: CroHDClip, size: tuple[int, int], device: torch.device) -> EvalVideo:
@@ -59,19 +55,9 @@ def main(
     dataset = CroHD(dataset_location, S=clip_len, S_min=min_clip_len)
     num_videos = len(dataset) if max_videos is None else min(max_videos, len(dataset))
     videos = (to_eval_video(dataset[i], size, dev) for i in range(num_videos))
-    log = Logger(log_dir)
-    results = evaluate_videos(
-        model,
-        videos,
-        num_videos=num_videos,
-        S=S,
-        iters=iters,
-        log=log,
-        log_gifs=log_gifs,
+    evaluate_and_report(
+        model, videos, num_videos, S=S, iters=iters, log_dir=log_dir, log_gifs=log_gifs, config=config
     )
-    log.close()
-    print(results_table(results.mean))
-    print(f"results: {write_results(Path(log_dir) / 'results.json', config, results)}")
 
 
 if __name__ == "__main__":

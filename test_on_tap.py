@@ -10,7 +10,6 @@
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import fire
 import numpy as np
@@ -26,13 +25,10 @@ from utils.evaluation import (
     Metrics,
     ResizedFrames,
     check_image_size,
-    evaluate_videos,
+    evaluate_and_report,
     load_model,
-    results_table,
     scale_tracks,
-    write_results,
 )
-from utils.logger import Logger
 from utils.metrics import (
     TAPVID_QUERY_MODES,
     TAPVID_THRESHOLDS,
@@ -128,19 +124,9 @@ def main(
     dataset = TapVidDavis(dataset_location)
     num_videos = len(dataset) if max_videos is None else min(max_videos, len(dataset))
     videos = (to_eval_video(dataset[i], size, dev, modes, S, iters) for i in range(num_videos))
-    log = Logger(log_dir)
-    results = evaluate_videos(
-        model,
-        videos,
-        num_videos=num_videos,
-        S=S,
-        iters=iters,
-        log=log,
-        log_gifs=log_gifs,
+    evaluate_and_report(
+        model, videos, num_videos, S=S, iters=iters, log_dir=log_dir, log_gifs=log_gifs, config=config
     )
-    log.close()
-    print(results_table(results.mean))
-    print(f"results: {write_results(Path(log_dir) / 'results.json', config, results)}")
 
 
 if __name__ == "__main__":

@@ -286,3 +286,28 @@ def write_results(path: str | Path, config: dict[str, Any], results: EvalResults
     payload = {"config": config, "mean": results.mean, "videos": results.videos}
     path.write_text(json.dumps(_finite_or_none(payload), indent=2))
     return path
+
+
+def evaluate_and_report(
+    model: Pips,
+    videos: Iterable[EvalVideo],
+    num_videos: int,
+    *,
+    S: int,
+    iters: int,
+    log_dir: str | Path,
+    log_gifs: bool,
+    config: dict[str, Any],
+) -> EvalResults:
+    """evaluate_videos with TensorBoard logs in log_dir, then the table of means on stdout and
+    log_dir/results.json (config, mean, per-video rows)."""
+    log = Logger(log_dir)
+    try:
+        results = evaluate_videos(
+            model, videos, num_videos=num_videos, S=S, iters=iters, log=log, log_gifs=log_gifs
+        )
+    finally:
+        log.close()
+    tqdm.write(results_table(results.mean))
+    tqdm.write(f"results: {write_results(Path(log_dir) / 'results.json', config, results)}")
+    return results
