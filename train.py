@@ -83,7 +83,8 @@ def open_data(
     location: str, S: int, N: int, crop: tuple[int, int], use_augs: bool, seed: int, val_clips: int
 ):
     """(train, val) datasets: synthetic clips when `location` is empty, an export folder (clip folders with
-    rgb.mp4 + track.npz), or a PointOdyssey root (train/ and val/ splits)."""
+    rgb.mp4 + track.npz; its last clips are held out), or a PointOdyssey root (train/ and, if present, val/;
+    without one val is None)."""
     if not location:
         return (
             SyntheticClips(S, N, crop, length=100_000, seed=seed, use_augs=use_augs),
@@ -100,8 +101,10 @@ def open_data(
         return train, val
     if (root / "train").is_dir():
         train = PointOdysseyDataset(str(root), "train", S, N, crop_size=crop, use_augs=use_augs, seed=seed)
-        val_split = "val" if (root / "val").is_dir() else "train"
-        val = PointOdysseyDataset(str(root), val_split, S, N, crop_size=crop, use_augs=False, seed=seed + 1)
+        if not (root / "val").is_dir():
+            log.warning("%s has no val/ split: validation is off", root)
+            return train, None
+        val = PointOdysseyDataset(str(root), "val", S, N, crop_size=crop, use_augs=False, seed=seed + 1)
         return train, val
     raise FileNotFoundError(
         f"{root} is neither an export folder (<id>/rgb.mp4 + track.npz) nor a PointOdyssey root (train/)"
@@ -296,7 +299,7 @@ def main(
         )
 
     train_iter = batches(train_data, B, num_workers, info, seed, start * grad_acc)
-    val_iter = batches(val_data, B, 0, info, seed + 1) if val_freq else None
+    val_iter = batches(val_data, B, 0, info, seed + 1) if val_freq and val_data is not None else None
     pools_t, pools_v = RunningMeans(1000), RunningMeans(1000)
     bad_steps = 0
     step = start
