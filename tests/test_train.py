@@ -150,3 +150,26 @@ def test_bad_dataset_location(tmp_path: Path) -> None:
         train.open_data(str(tmp_path / "empty"), 4, 8, (64, 64), False, 0, 4)
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         train.open_data(str(tmp_path / "missing"), 4, 8, (64, 64), False, 0, 4)
+
+
+def test_open_data_reads_pointodyssey_layout_and_exports(tmp_path: Path) -> None:
+    import export_mp4_dataset
+    import make_synthetic_dataset
+
+    root = tmp_path / "pod"
+    make_synthetic_dataset.main(
+        out=str(root), splits="train", num_sequences=1, num_frames=12, height=96, width=128, seed=0
+    )
+    train_data, val_data = train.open_data(str(root), 4, 8, (64, 64), False, 0, 4)
+    assert val_data is None  # no val/ split: no validation on training data
+    batch = collate_clips([train_data[0], train_data[1]])
+    assert batch.rgbs.shape == (2, 4, 3, 64, 64) and batch.trajs.shape == (2, 4, 8, 2)
+
+    export_mp4_dataset.main(
+        dataset_location=str(root), S=4, N=8, crop_size=(64, 64), max_clips=4, out_root=str(tmp_path / "exp")
+    )
+    (folder,) = (tmp_path / "exp").iterdir()
+    train_data, val_data = train.open_data(str(folder), 4, 8, (64, 64), False, 0, 4)
+    assert len(train_data) + len(val_data) == len(list(folder.glob("*/track.npz")))
+    assert not set(train_data.clips) & set(val_data.clips)
+    assert val_data[0].rgbs.shape == (4, 3, 64, 64)
