@@ -86,7 +86,8 @@ def test_bf16_fast_path_keeps_coords_float32(model: Pips, clip: tuple) -> None:
     model.set_fast(False)
     # bf16 keeps about 3 significant digits per op; a wrong layout or norm would be off by ~100%
     assert fast_fmaps.dtype == torch.float32 and rel_err(fast_fmaps, fmaps) < 0.05
-    assert fast_delta.dtype == torch.bfloat16 and rel_err(fast_delta, delta) < 0.08
+    # the updates leave the block in float32 (its first and last layers skip autocast)
+    assert fast_delta.dtype == torch.float32 and 0 < rel_err(fast_delta, delta) < 0.08
     assert all(c.dtype == torch.float32 for c in out.coords + out.coords_anim)
     assert all(f.dtype == torch.float32 for f in out.feats)
     assert torch.equal(out.coords[-1][:, 0], trajs_e0[:, 0])
