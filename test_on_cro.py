@@ -9,7 +9,6 @@ import torch
 
 from datasets.crohd import CroHD, CroHDClip
 from utils.cli import explain_flags
-from utils.dist import pick_device, use_bf16
 from utils.evaluation import (
     EvalVideo,
     ImageFiles,
@@ -49,9 +48,7 @@ def main(
 ) -> None:
     config = dict(locals())
     size = check_image_size(image_size)
-    dev = pick_device(device)
-    model, step = load_model(init_dir, dev, random_weights, fast=use_bf16(dev, fast))
-    print(f"model: {'random weights' if random_weights else f'{init_dir} (step {step})'} on {dev}")
+    model, dev = load_model(init_dir, device, random_weights, fast)
     dataset = CroHD(dataset_location, S=clip_len, S_min=min_clip_len)
     num_videos = len(dataset) if max_videos is None else min(max_videos, len(dataset))
     videos = (to_eval_video(dataset[i], size, dev) for i in range(num_videos))

@@ -19,7 +19,6 @@ from datasets.tapvid import TapVidDavis, TapVidVideo
 from nets.pips2 import Pips
 from nets.tracker import FrameSource, TensorFrames, track
 from utils.cli import explain_flags
-from utils.dist import pick_device, use_bf16
 from utils.evaluation import (
     EvalVideo,
     Metrics,
@@ -118,9 +117,7 @@ def main(
     )
     if any(m not in TAPVID_QUERY_MODES for m in modes):
         raise ValueError(f"query_modes must be among {TAPVID_QUERY_MODES}, got {query_modes!r}")
-    dev = pick_device(device)
-    model, step = load_model(init_dir, dev, random_weights, fast=use_bf16(dev, fast))
-    print(f"model: {'random weights' if random_weights else f'{init_dir} (step {step})'} on {dev}")
+    model, dev = load_model(init_dir, device, random_weights, fast)
     dataset = TapVidDavis(dataset_location)
     num_videos = len(dataset) if max_videos is None else min(max_videos, len(dataset))
     videos = (to_eval_video(dataset[i], size, dev, modes, S, iters) for i in range(num_videos))

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from nets.pips2 import Pips
 from nets.tracker import FrameSource, track_from_first_frame
 from utils.checkpoint import load_weights
+from utils.dist import pick_device, use_bf16
 from utils.logger import Logger, RunningMeans
 from utils.metrics import compute_pips_metrics
 from utils.vis import draw_text, draw_tracks, draw_trajs_on_image
@@ -48,17 +49,19 @@ def check_image_size(image_size: Sequence[int] | str) -> tuple[int, int]:
 
 
 def load_model(
-    init_dir: str | Path, device: torch.device, random_weights: bool = False, fast: bool = False
-) -> tuple[Pips, int]:
-    """Pips in eval mode on `device` with the checkpoint of `init_dir` (a file, or a directory's latest),
-    on the fast path (Pips.set_fast) when `fast`.
+    init_dir: str | Path, device: str = "", random_weights: bool = False, fast: bool = True
+) -> tuple[Pips, torch.device]:
+    """Pips in eval mode with the checkpoint of `init_dir` (a file, or a directory's latest) on `device`
+    ('' = best available), on the fast path when `fast` and the device supports it (CUDA); says which.
 
-    Returns the model and the checkpoint's step (0 with random_weights, which skips loading).
-    Raises FileNotFoundError pointing at get_reference_model.sh when there is no checkpoint.
+    random_weights skips loading. Raises FileNotFoundError pointing at get_reference_model.sh when there is
+    no checkpoint.
     """
+    dev = pick_device(device)
     model = Pips(stride=8)
     step = 0 if random_weights else load_weights(init_dir, model)
-    return model.to(device).eval().set_fast(fast), step
+    tqdm.write(f"model: {'random weights' if random_weights else f'{init_dir} (step {step})'} on {dev}")
+    return model.to(dev).eval().set_fast(use_bf16(dev, fast)), dev
 
 
 def scale_tracks(trajs: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:
