@@ -9,9 +9,10 @@ than S_min are dropped. A clip's tracks are the head-box centres.
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from torch.utils.data import Dataset
+
+from utils.video import read_image
 
 BORDER = 32  # px; the annotations get noisy near the image border, so centres this close are not scored
 MIN_PATH_LENGTH = 150.0  # px; heads whose centre travels less over the clip are dropped
@@ -142,10 +143,7 @@ class CroHD(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} clips")
         seq, start, end = self.clips[index]
         first = frame_path(seq, start)
-        image = cv2.imread(str(first), cv2.IMREAD_COLOR)
-        if image is None:
-            raise FileNotFoundError(f"CroHD frame missing or unreadable: {first}")
-        H, W = image.shape[:2]
+        H, W = read_image(first).shape[:2]
         trajs, visibs, valids = head_tracks(self.labels[seq.name], start, end, H, W)
         keep = select_heads(trajs, visibs, valids)
         trajs, visibs, valids = trajs[:, keep], visibs[:, keep], valids[:, keep]

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from datasets.augment import augment_clip, just_crop, just_resize
 from datasets.sample import ClipSample
+from utils.video import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ def _imread(path: Path, flags: int) -> np.ndarray:
 def load_rgbs(paths: Sequence[Path], frame_ids: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
     """Reads the frames `paths[i]` for i in frame_ids (default all): S,H,W,3 uint8 RGB."""
     chosen = paths if frame_ids is None else [paths[int(i)] for i in frame_ids]
-    return np.stack([_imread(p, cv2.IMREAD_COLOR)[..., ::-1] for p in chosen])  # S,H,W,3
+    return np.stack([read_image(p) for p in chosen])  # S,H,W,3
 
 
 def invalidate_nonfinite(tracks: Tracks) -> Tracks:
@@ -415,7 +416,7 @@ class PointOdysseyFullSeq(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} sequences")
         seq = self.sequences[index]
         paths = [seq.rgb_path(t) for t in range(seq.num_frames)]
-        H, W = _imread(paths[0], cv2.IMREAD_COLOR).shape[:2]
+        H, W = read_image(paths[0]).shape[:2]
         tracks = invalidate_nonfinite(load_tracks(seq))
         trajs, visibs, valids = tracks.trajs, tracks.visibs, tracks.valids
         out = outside(trajs, 1, W - 2, H - 2)

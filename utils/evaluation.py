@@ -24,6 +24,7 @@ from utils.checkpoint import load_weights
 from utils.dist import pick_device, use_bf16
 from utils.logger import Logger, RunningMeans
 from utils.metrics import compute_pips_metrics
+from utils.video import read_image
 from utils.vis import draw_text, draw_tracks, draw_trajs_on_image
 
 logger = logging.getLogger(__name__)
@@ -71,16 +72,6 @@ def scale_tracks(trajs: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, 
     return (np.asarray(trajs, np.float32) * np.array([sx, sy], np.float32)).astype(np.float32)
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """An image file as H,W,3 uint8 RGB (cv2 decoding, as the official scripts)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"frame not found: {path}")
-        raise ValueError(f"cannot decode image {path}")
-    return np.ascontiguousarray(bgr[..., ::-1])
-
-
 class ImageFiles:
     """A FrameSource over image files, one per frame, read when their window is requested and
     resized with cv2 INTER_LINEAR to size (H, W) (the official PointOdyssey and CroHD protocol)."""
@@ -98,7 +89,7 @@ class ImageFiles:
     def get(self, start: int, end: int) -> torch.Tensor:
         H, W = self.size
         frames = np.stack(
-            [cv2.resize(read_rgb(p), (W, H), interpolation=cv2.INTER_LINEAR) for p in self.paths[start:end]]
+            [cv2.resize(read_image(p), (W, H), interpolation=cv2.INTER_LINEAR) for p in self.paths[start:end]]
         )  # T,H,W,3
         video = torch.from_numpy(frames).permute(0, 3, 1, 2)[None]  # 1,T,3,H,W
         return video.to(self.device).float()

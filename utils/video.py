@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
 
-import imageio.v3 as iio
+import cv2
 import imageio_ffmpeg
 import numpy as np
 
@@ -51,11 +51,19 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as H,W,3 uint8 RGB, decoded by cv2 as in the official scripts (JPEG decoders differ
+    by a grey level here and there, which moves published numbers)."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+        raise ValueError(f"cannot read image {path}")
+    return np.ascontiguousarray(bgr[..., ::-1])  # H,W,3
+
+
 def _read_image(path: Path, shape: tuple[int, ...] | None) -> np.ndarray:
-    try:
-        frame = np.asarray(iio.imread(path, mode="RGB"), dtype=np.uint8)  # H,W,3
-    except Exception as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
+    frame = read_image(path)  # H,W,3
     if shape is not None and frame.shape != shape:
         raise ValueError(f"image {path} has shape {frame.shape}, unlike the first image {shape}")
     return frame
