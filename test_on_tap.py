@@ -17,12 +17,11 @@ import torch
 
 from datasets.tapvid import TapVidDavis, TapVidVideo
 from nets.pips2 import Pips
-from nets.tracker import FrameSource, TensorFrames, track
+from nets.tracker import FrameSource, ResizedFrames, TensorFrames, track
 from utils.cli import explain_flags
 from utils.evaluation import (
     EvalVideo,
     Metrics,
-    ResizedFrames,
     check_image_size,
     evaluate_and_report,
     load_model,

@@ -17,10 +17,9 @@ from types import TracebackType
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from nets.pips2 import Pips
-from nets.tracker import track
+from nets.tracker import resize_frames, track
 from utils.checkpoint import load_weights
 from utils.dist import pick_device, use_bf16
 from utils.video import read_video, video_info
@@ -33,10 +32,7 @@ Video = np.ndarray | torch.Tensor | str | Path
 
 def _model_input(frames: torch.Tensor, image_size: tuple[int, int], device: torch.device) -> torch.Tensor:
     """T,H,W,3 uint8 -> 1,T,3,H',W' float RGB 0..255 on `device`, bilinearly resized to image_size."""
-    x = frames.to(device).permute(0, 3, 1, 2).float()  # T,3,H,W
-    if tuple(x.shape[-2:]) != image_size:
-        x = F.interpolate(x, size=image_size, mode="bilinear", align_corners=False)  # T,3,H',W'
-    return x[None]
+    return resize_frames(frames.to(device).permute(0, 3, 1, 2).float()[None], image_size)  # 1,T,3,H',W'
 
 
 class ArrayFrames:

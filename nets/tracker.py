@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from nets.pips2 import Pips
 
@@ -35,6 +36,28 @@ class TensorFrames:
 
     def get(self, start: int, end: int) -> torch.Tensor:
         return self.video[:, start:end].to(self.device, torch.float32)
+
+
+def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """B,T,3,H,W float -> B,T,3,H',W' bilinear (align_corners=False, the official TAP-Vid and demo resize);
+    frames already of that size are returned as they are."""
+    B, T, C, H, W = frames.shape
+    if (H, W) == tuple(size):
+        return frames
+    resized = F.interpolate(frames.flatten(0, 1), size=tuple(size), mode="bilinear", align_corners=False)
+    return resized.reshape(B, T, C, *size)  # B,T,3,H',W'
+
+
+class ResizedFrames:
+    """Frames of another source resized to size (H, W) with resize_frames."""
+
+    def __init__(self, base: FrameSource, size: tuple[int, int]) -> None:
+        self.base = base
+        self.size = size
+        self.num_frames = base.num_frames
+
+    def get(self, start: int, end: int) -> torch.Tensor:
+        return resize_frames(self.base.get(start, end), self.size)
 
 
 class _ReversedFrames:

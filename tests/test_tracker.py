@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from nets.pips2 import Pips, PipsOutput
-from nets.tracker import TensorFrames, track, track_from_first_frame
+from nets.tracker import ResizedFrames, TensorFrames, resize_frames, track, track_from_first_frame
 
 
 class ClockModel(torch.nn.Module):
@@ -69,3 +69,11 @@ def test_single_window_equals_one_model_call() -> None:
     with torch.no_grad():
         direct = model(xy[:, None].repeat(1, 6, 1, 1), video, iters=2).coords[-1]
     torch.testing.assert_close(tracks, direct)
+
+
+def test_resized_frames() -> None:
+    video = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).reshape(1, 2, 3, 4, 6)
+    assert resize_frames(video, (4, 6)) is video
+    half = ResizedFrames(TensorFrames(video), (2, 3)).get(1, 2)  # 1,1,3,2,3
+    assert half.shape == (1, 1, 3, 2, 3)
+    torch.testing.assert_close(half[0, 0, 0, 0, 0], video[0, 1, 0, :2, :2].mean())  # 2x2 box, no corners

@@ -14,7 +14,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from prettytable import PrettyTable
 from tqdm import tqdm
 
@@ -93,22 +92,6 @@ class ImageFiles:
         )  # T,H,W,3
         video = torch.from_numpy(frames).permute(0, 3, 1, 2)[None]  # 1,T,3,H,W
         return video.to(self.device).float()
-
-
-class ResizedFrames:
-    """Frames of another source resized to size (H, W) with bilinear interpolation, align_corners=False
-    (the official TAP-Vid protocol)."""
-
-    def __init__(self, base: FrameSource, size: tuple[int, int]) -> None:
-        self.base = base
-        self.size = size
-        self.num_frames = base.num_frames
-
-    def get(self, start: int, end: int) -> torch.Tensor:
-        video = self.base.get(start, end)  # B,T,3,h,w
-        B, T = video.shape[:2]
-        resized = F.interpolate(video.flatten(0, 1), size=self.size, mode="bilinear", align_corners=False)
-        return resized.reshape(B, T, 3, *self.size)  # B,T,3,H,W
 
 
 class TimedFrames:
