@@ -3,11 +3,16 @@
     python benchmark.py                                 # the official H100 configs on CUDA, small ones on CPU
     python benchmark.py --configs eval-window --compile # one of them, fast path compiled
     python benchmark.py --S 24 --N 512 --H 384 --W 512  # one custom shape
+    python benchmark.py --agree_ckpt ./checkpoints/<run> # fast vs exact tracks, trained weights
 
 Each row is timed after warm-up (CUDA events on CUDA), median and min over the repeats. FLOPs are counted
 with torch's FlopCounterMode on one step of the exact path (the fused kernel is invisible to the counter)
 and credited to both paths, so TFLOP/s compares them on the same work. Peak memory is the CUDA allocator's
 peak, or on CPU the growth of the process's peak resident memory (Linux).
+
+With --agree_ckpt, the weights of a trained model track held-out synthetic clips from zero velocity on both
+paths (bf16 autocast forced, on CPU too); it reports the distance between the two paths' tracks and each
+path's d_avg. Random weights would not do: their iterations amplify rounding rather than converge.
 """
 
 import contextlib
@@ -25,11 +30,17 @@ from prettytable import PrettyTable
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from datasets.sample import collate_clips
+from datasets.synthetic import SyntheticClips
 from nets import corr_triton
 from nets.losses import sequence_loss
 from nets.pips2 import Pips
+from utils import checkpoint
 from utils.cli import explain_flags
 from utils.dist import pick_device, use_bf16
+from utils.metrics import compute_pips_metrics
+
+AGREE_SEED = 2_000_003  # clips of the agreement check: neither train.py's training nor its validation clips
 
 
 @dataclass(frozen=True)
@@ -196,6 +207,39 @@ def run_config(
     return rows
 
 
+@torch.no_grad()
+def measure_agreement(
+    ckpt: str, device: torch.device, clips: int, S: int, N: int, H: int, W: int, iters: int, seed: int
+) -> dict:
+    """Track `clips` held-out synthetic clips with the weights of `ckpt` on the exact and the fast (bf16)
+    path; the per-point distance between the two paths' tracks (pixels, frames 1..S-1) and each d_avg."""
+    model = Pips().to(device).eval()
+    checkpoint.load(ckpt, model)
+    data = SyntheticClips(S, N, (H, W), length=clips, seed=AGREE_SEED + seed)
+    dists, d_avg = [], {"exact": [], "fast": []}
+    for i in tqdm(range(clips), desc="agreement"):
+        rgbs, trajs_g, _, valids = collate_clips([data[i]]).to(device)
+        trajs_e0 = trajs_g[:, :1].expand_as(trajs_g).contiguous()
+        tracks = {}
+        for path in ("exact", "fast"):
+            tracks[path] = model.set_fast(path == "fast")(trajs_e0, rgbs.float(), iters=iters).coords[-1]
+            d_avg[path].append(compute_pips_metrics(tracks[path], trajs_g, valids, H, W)["d_avg"])
+        dists.append((tracks["fast"] - tracks["exact"])[:, 1:].norm(dim=-1).flatten().cpu())
+    dist = torch.cat(dists).double()
+    return {
+        "ckpt": str(ckpt), "clips": clips, "S": S, "N": N, "H": H, "W": W, "iters": iters,
+        "median_px": dist.median().item(), "mean_px": dist.mean().item(), "p90_px": dist.quantile(0.9).item(),
+        "d_avg_exact": statistics.mean(d_avg["exact"]), "d_avg_fast": statistics.mean(d_avg["fast"]),
+    }  # fmt: skip
+
+
+def agreement_table(a: dict) -> PrettyTable:
+    table = PrettyTable(["clips", "shape", "median px", "mean px", "p90 px", "d_avg exact", "d_avg fast"])
+    cells = [f"{a[k]:.3f}" for k in ("median_px", "mean_px", "p90_px", "d_avg_exact", "d_avg_fast")]
+    table.add_row([a["clips"], f"S{a['S']} N{a['N']} {a['H']}x{a['W']} i{a['iters']}", *cells])
+    return table
+
+
 def format_table(rows: list[dict], official: bool) -> PrettyTable:
     columns = ["config", "path", "median s", "min s", "peak GiB", "frames/s", "TFLOP", "TFLOP/s"]
     if official:
@@ -256,8 +300,18 @@ def main(
     device: str = "",  # e.g. cuda:1 or cpu; default: CUDA if available
     seed: int = 0,  # seeds the random weights and inputs
     out: str = "benchmark.json",  # JSON with every row and the environment
+    agree_ckpt: str = "",  # trained weights (file or run dir): compare the paths' tracks instead of timing
+    agree_clips: int = 8,  # clips of the agreement check (S16 N64 128x192 i8, or the custom shape if --S > 0)
 ) -> None:
     dev = pick_device(device)
+    if agree_ckpt:
+        shape = (S, N, H, W, iters) if S > 0 else (16, 64, 128, 192, 8)
+        agreement = measure_agreement(agree_ckpt, dev, agree_clips, *shape, seed=seed)
+        print(agreement_table(agreement))
+        env = {"device": str(dev), "torch": torch.__version__}
+        Path(out).write_text(json.dumps({"env": env, "agreement": agreement}, indent=2))
+        print(f"wrote {out}")
+        return
     bf16 = bf16 and (dev.type != "cuda" or use_bf16(dev))
     path_list = [p.strip() for p in paths.split(",") if p.strip()]
     if not path_list or set(path_list) - {"exact", "fast"}:

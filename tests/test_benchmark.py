@@ -6,6 +6,11 @@ import torch
 
 import benchmark
 from benchmark import Config
+from datasets.sample import collate_clips
+from datasets.synthetic import SyntheticClips
+from nets.pips2 import Pips
+from utils import checkpoint
+from utils.metrics import compute_pips_metrics
 
 
 def conv_flops(c_in: int, c_out: int, k: int, pixels: int) -> int:
@@ -101,3 +106,30 @@ def test_count_flops_by_hand_and_out_of_memory() -> None:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
     assert benchmark.count_flops(too_big) is None
+
+
+def test_agreement_compares_the_paths_on_saved_weights(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Pips()
+    checkpoint.save(tmp_path / "run", model, None, None, step=1)
+    out = tmp_path / "agree.json"
+    run = str(tmp_path / "run")
+    benchmark.main(S=4, N=8, H=64, W=64, iters=1, agree_ckpt=run, agree_clips=2, out=str(out))
+    a = json.loads(out.read_text())["agreement"]
+    assert (a["clips"], a["S"], a["N"], a["iters"]) == (2, 4, 8, 1)
+    # the exact path's d_avg, recomputed by hand from the same clips
+    data = SyntheticClips(4, 8, (64, 64), length=2, seed=benchmark.AGREE_SEED)
+    d_avg = []
+    with torch.no_grad():
+        for i in range(2):
+            rgbs, trajs_g, _, valids = collate_clips([data[i]])
+            trajs_e = model(trajs_g[:, :1].expand_as(trajs_g), rgbs.float(), iters=1).coords[-1]
+            d_avg.append(compute_pips_metrics(trajs_e, trajs_g, valids, 64, 64)["d_avg"])
+    assert a["d_avg_exact"] == pytest.approx(sum(d_avg) / 2, abs=1e-9)
+    # bf16 rounding moves the random-weight tracks a little, but not by whole frames
+    assert 0 < a["median_px"] <= a["p90_px"] < 16
+
+
+def test_agreement_names_a_missing_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        benchmark.main(agree_ckpt=str(tmp_path / "nowhere"), out=str(tmp_path / "a.json"))
