@@ -115,5 +115,10 @@ class CorrBlock:
     def sample_concat(self, targets: Sequence[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
         """T templates, each B,S,N,C, at coords B,S,N,2 -> B,S,N,T*L*(2R+1)^2, the `sample`s concatenated."""
         if self.fused and corr_triton.available(coords) and not coords.requires_grad:
-            return corr_triton.fused_corr(self.pyramid, torch.stack(list(targets)), coords, self.radius)
+            try:
+                return corr_triton.fused_corr(self.pyramid, torch.stack(list(targets)), coords, self.radius)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as error:  # the kernel does not build or run here: fall back, once, loudly
+                corr_triton.disable(error)
         return torch.cat([self.sample(t, coords) for t in targets], dim=-1)

@@ -12,6 +12,7 @@ Without Triton, `available` is False and the model keeps the PyTorch path. With 
 before import, the kernels run on CPU tensors through Triton's interpreter.
 """
 
+import logging
 import math
 
 import torch
@@ -22,10 +23,21 @@ try:
 except ImportError:
     triton = None
 
+log = logging.getLogger(__name__)
+_failure: str | None = None  # why the kernel was switched off in this process, if it was
+
 
 def available(t: torch.Tensor) -> bool:
-    """Whether the fused kernel can run on `t`'s device (CUDA with Triton importable)."""
-    return triton is not None and t.is_cuda
+    """Whether the fused kernel can run on `t`'s device (CUDA with Triton importable, not switched off)."""
+    return triton is not None and t.is_cuda and _failure is None
+
+
+def disable(error: BaseException) -> None:
+    """Switch the kernel off for this process after it failed to build or launch (say, a Triton that does
+    not support this GPU or driver); the model goes on with the PyTorch path, which computes the same."""
+    global _failure
+    _failure = f"{type(error).__name__}: {error}"
+    log.warning("fused correlation kernel failed (%s); using the PyTorch path from now on", _failure[:500])
 
 
 if triton is not None:

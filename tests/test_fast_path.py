@@ -179,3 +179,28 @@ def test_fast_path_on_cuda_tracks_like_exact(clip: tuple) -> None:
     torch.testing.assert_close(fast32.coords[-1], exact.coords[-1], atol=5e-2, rtol=0)
     assert fast.coords[-1].dtype == torch.float32 and torch.isfinite(fast.coords[-1]).all()
     assert torch.equal(fast.coords[-1][:, 0], trajs_e0[:, 0])
+
+
+def test_failing_fused_kernel_falls_back_to_pytorch_once(monkeypatch, caplog) -> None:  # noqa: ANN001
+    calls = []
+
+    def broken(*args: object) -> torch.Tensor:
+        calls.append(1)
+        raise RuntimeError("no kernel image for this GPU")
+
+    monkeypatch.setattr(nets.corr_triton, "_failure", None)
+    monkeypatch.setattr(nets.corr_triton, "triton", object())  # as if Triton imported
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda t: True))
+    monkeypatch.setattr(nets.corr_triton, "fused_corr", broken)
+    pyramid, _, targets, coords = corr_case(1, 2, 5, 8, 16, 16, 3)
+    with torch.no_grad():
+        block = CorrBlock([p.detach() for p in pyramid], 3, fused=True)
+        expected = torch.cat([block.sample(t.detach(), coords) for t in targets], dim=-1)
+        with caplog.at_level("WARNING"):
+            first = block.sample_concat([t.detach() for t in targets], coords)
+            second = block.sample_concat([t.detach() for t in targets], coords)
+    torch.testing.assert_close(first, expected, atol=0, rtol=0)
+    torch.testing.assert_close(second, expected, atol=0, rtol=0)
+    assert len(calls) == 1  # switched off after the first failure
+    assert "no kernel image for this GPU" in caplog.text and "PyTorch path" in caplog.text
+    assert not nets.corr_triton.available(coords)
