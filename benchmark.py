@@ -37,10 +37,11 @@ from nets.losses import sequence_loss
 from nets.pips2 import Pips
 from utils import checkpoint
 from utils.cli import explain_flags
-from utils.dist import pick_device, use_bf16
+from utils.dist import pick_device
 from utils.metrics import compute_pips_metrics
 
 AGREE_SEED = 2_000_003  # clips of the agreement check: neither train.py's training nor its validation clips
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -167,27 +168,38 @@ def time_step(step: Callable[[], None], device: torch.device, warmup: int, repea
     return times
 
 
-def build_model(device: torch.device, seed: int, fast: bool, bf16: bool, compile_parts: bool) -> Pips:
+def fast_dtype(precision: str, train: bool) -> torch.dtype:
+    """The fast path's autocast dtype; 'auto' is what the scripts use on CUDA (bf16 trains, fp16 infers)."""
+    if precision == "auto":
+        return torch.bfloat16 if train else torch.float16
+    if precision not in DTYPES:
+        raise ValueError(f"precision must be auto, {', '.join(DTYPES)}; got {precision!r}")
+    return DTYPES[precision]
+
+
+def build_model(device: torch.device, seed: int, fast: bool, dtype: torch.dtype, compile_parts: bool) -> Pips:
     torch.manual_seed(seed)
-    model = Pips().to(device).set_fast(fast, bf16=bf16)
+    model = Pips().to(device).set_fast(fast, dtype)
     if fast and compile_parts:
         model.compile_parts()
     return model
 
 
 def run_config(
-    cfg: Config, paths: list[str], device: torch.device, *, bf16: bool, compile: bool, warmup: int,
+    cfg: Config, paths: list[str], device: torch.device, *, precision: str, compile: bool, warmup: int,
     repeats: int, seed: int, progress: tqdm,
 ) -> list[dict]:  # fmt: skip
     inputs = make_inputs(cfg, device, seed)
-    flops = count_flops(make_step(build_model(device, seed, False, bf16, False), cfg, inputs))
+    dtype = fast_dtype(precision, cfg.train)
+    flops = count_flops(make_step(build_model(device, seed, False, dtype, False), cfg, inputs))
     rows = []
     for path in paths:
         row = {**asdict(cfg), "path": path, "flops": flops}
+        row["dtype"] = str(dtype).removeprefix("torch.") if path == "fast" else "float32"
         if device.type != "cuda":
             row = {k: v for k, v in row.items() if not k.startswith("official")}
         try:
-            step = make_step(build_model(device, seed, path == "fast", bf16, compile), cfg, inputs)
+            step = make_step(build_model(device, seed, path == "fast", dtype, compile), cfg, inputs)
             baseline = _reset_peak(device)
             times = time_step(step, device, warmup, repeats)
             row["peak_gib"] = _read_peak_gib(device, baseline)
@@ -209,10 +221,12 @@ def run_config(
 
 @torch.no_grad()
 def measure_agreement(
-    ckpt: str, device: torch.device, clips: int, S: int, N: int, H: int, W: int, iters: int, seed: int
+    ckpt: str, device: torch.device, dtype: torch.dtype, clips: int, shape: tuple[int, ...], seed: int
 ) -> dict:
-    """Track `clips` held-out synthetic clips with the weights of `ckpt` on the exact and the fast (bf16)
-    path; the per-point distance between the two paths' tracks (pixels, frames 1..S-1) and each d_avg."""
+    """Track `clips` held-out synthetic clips of `shape` (S,N,H,W,iters) with the weights of `ckpt` on the
+    exact and the fast path (autocast to `dtype`); the per-point distance between the two paths' tracks
+    (pixels, frames 1..S-1) and each d_avg."""
+    S, N, H, W, iters = shape
     model = Pips().to(device).eval()
     checkpoint.load(ckpt, model)
     data = SyntheticClips(S, N, (H, W), length=clips, seed=AGREE_SEED + seed)
@@ -222,26 +236,29 @@ def measure_agreement(
         trajs_e0 = trajs_g[:, :1].expand_as(trajs_g).contiguous()
         tracks = {}
         for path in ("exact", "fast"):
-            tracks[path] = model.set_fast(path == "fast")(trajs_e0, rgbs.float(), iters=iters).coords[-1]
+            model.set_fast(path == "fast", dtype)
+            tracks[path] = model(trajs_e0, rgbs.float(), iters=iters).coords[-1]
             d_avg[path].append(compute_pips_metrics(tracks[path], trajs_g, valids, H, W)["d_avg"])
         dists.append((tracks["fast"] - tracks["exact"])[:, 1:].norm(dim=-1).flatten().cpu())
     dist = torch.cat(dists).double()
     return {
-        "ckpt": str(ckpt), "clips": clips, "S": S, "N": N, "H": H, "W": W, "iters": iters,
+        "ckpt": str(ckpt), "dtype": str(dtype).removeprefix("torch."), "clips": clips,
+        "S": S, "N": N, "H": H, "W": W, "iters": iters,
         "median_px": dist.median().item(), "mean_px": dist.mean().item(), "p90_px": dist.quantile(0.9).item(),
         "d_avg_exact": statistics.mean(d_avg["exact"]), "d_avg_fast": statistics.mean(d_avg["fast"]),
     }  # fmt: skip
 
 
 def agreement_table(a: dict) -> PrettyTable:
-    table = PrettyTable(["clips", "shape", "median px", "mean px", "p90 px", "d_avg exact", "d_avg fast"])
+    columns = ["fast dtype", "clips", "shape", "median px", "mean px", "p90 px", "d_avg exact", "d_avg fast"]
+    table = PrettyTable(columns)
     cells = [f"{a[k]:.3f}" for k in ("median_px", "mean_px", "p90_px", "d_avg_exact", "d_avg_fast")]
-    table.add_row([a["clips"], f"S{a['S']} N{a['N']} {a['H']}x{a['W']} i{a['iters']}", *cells])
+    table.add_row([a["dtype"], a["clips"], f"S{a['S']} N{a['N']} {a['H']}x{a['W']} i{a['iters']}", *cells])
     return table
 
 
 def format_table(rows: list[dict], official: bool) -> PrettyTable:
-    columns = ["config", "path", "median s", "min s", "peak GiB", "frames/s", "TFLOP", "TFLOP/s"]
+    columns = ["config", "path", "dtype", "median s", "min s", "peak GiB", "frames/s", "TFLOP", "TFLOP/s"]
     if official:
         columns += ["official s", "official GiB", "official TFLOP", "speed-up"]
     table = PrettyTable(columns)
@@ -251,9 +268,9 @@ def format_table(rows: list[dict], official: bool) -> PrettyTable:
 
     for r in rows:
         shape = f"{r['name']} (B{r['B']} S{r['S']} N{r['N']} {r['H']}x{r['W']} i{r['iters']})"
-        cells = [shape, r["path"]]
+        cells = [shape, r["path"], r["dtype"]]
         if "error" in r:
-            cells += [r["error"]] + ["-"] * (len(columns) - 3)
+            cells += [r["error"]] + ["-"] * (len(columns) - 4)
         else:
             cells += [fmt(r["median_s"], ".4f"), fmt(r["min_s"], ".4f"), fmt(r["peak_gib"], ".2f")]
             tflop = None if r["flops"] is None else r["flops"] / 1e12
@@ -293,7 +310,7 @@ def main(
     iters: int = 16,  # custom shape: refinement iterations
     train: bool = False,  # custom shape: time a training step instead of an inference forward
     paths: str = "exact,fast",  # comma-separated paths to time: exact (float32) and/or fast
-    bf16: bool = True,  # the fast path runs the encoder and delta block under bf16 autocast (where supported)
+    precision: str = "auto",  # fast path's autocast: auto (bf16 to train, fp16 to infer), bf16, fp16, fp32
     compile: bool = False,  # torch.compile the encoder and delta block of the fast path
     warmup: int = 1,  # untimed calls before timing (the FLOP count runs one more)
     repeats: int = 5,  # timed calls; median and min are reported
@@ -306,13 +323,13 @@ def main(
     dev = pick_device(device)
     if agree_ckpt:
         shape = (S, N, H, W, iters) if S > 0 else (16, 64, 128, 192, 8)
-        agreement = measure_agreement(agree_ckpt, dev, agree_clips, *shape, seed=seed)
+        dtype = fast_dtype(precision, train=False)
+        agreement = measure_agreement(agree_ckpt, dev, dtype, agree_clips, shape, seed=seed)
         print(agreement_table(agreement))
         env = {"device": str(dev), "torch": torch.__version__}
         Path(out).write_text(json.dumps({"env": env, "agreement": agreement}, indent=2))
         print(f"wrote {out}")
         return
-    bf16 = bf16 and (dev.type != "cuda" or use_bf16(dev))
     path_list = [p.strip() for p in paths.split(",") if p.strip()]
     if not path_list or set(path_list) - {"exact", "fast"}:
         raise ValueError(f"paths must name exact and/or fast, got {paths!r}")
@@ -325,14 +342,20 @@ def main(
     rows = []
     with tqdm(total=len(chosen) * len(path_list), desc="benchmark") as progress:
         for cfg in chosen:
-            opts = {"bf16": bf16, "compile": compile, "warmup": warmup, "repeats": repeats, "seed": seed}
+            opts = {
+                "precision": precision,
+                "compile": compile,
+                "warmup": warmup,
+                "repeats": repeats,
+                "seed": seed,
+            }
             rows += run_config(cfg, path_list, dev, progress=progress, **opts)
     print(format_table(rows, official=dev.type == "cuda"))
     env = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "fused_corr": corr_triton.available(torch.empty(0, device=dev)),
-        "bf16": bf16,
+        "precision": precision,
         "compile": compile,
         "warmup": warmup,
         "repeats": repeats,

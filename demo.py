@@ -102,7 +102,7 @@ def main(
     random_weights: bool = False,  # untrained model, no checkpoint needed (smoke runs)
     out_dir: str = "./demo_out",  # where the mp4 and npz are written
     device: str = "",  # cpu, cuda, cuda:1, ...; empty = best available
-    fast: bool = True,  # the fast path (bf16, fused kernels) on CUDA; CPU always runs exact float32
+    fast: bool = True,  # the fast path (float16, fused kernels) on CUDA; CPU always runs exact float32
     log_dir: str = "",  # also write the drawn video as TensorBoard gifs (one per window) here
     fps: float = 0,  # frame rate of the output video; 0 = the input's (24 for a folder of frames)
     trail: int = 8,  # frames of fading trail behind each point

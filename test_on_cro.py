@@ -42,7 +42,7 @@ def main(
     init_dir: str = "./reference_model",  # checkpoint file, or directory of model-*.pth (latest is used)
     device: str = "",  # e.g. cuda, cuda:1, cpu; empty = cuda if available
     log_dir: str = "./logs_test_on_cro",  # TensorBoard logs and results.json
-    fast: bool = True,  # the fast path (bf16, fused kernels) on CUDA; CPU always runs exact float32
+    fast: bool = True,  # the fast path (float16, fused kernels) on CUDA; CPU always runs exact float32
     log_gifs: bool = False,  # also log tracks on frames to TensorBoard
     random_weights: bool = False,  # skip the checkpoint (smoke runs)
 ) -> None:

@@ -262,8 +262,8 @@ def main(
     run_name = run_name or f"{B}_{S}_{N}_i{iters}_{lr:.0e}_{time.strftime('%Y%m%d_%H%M%S')}"
     run_ckpt, run_log = ckpt_root / run_name, Path(log_dir) / run_name
 
-    use_fast = dist.use_bf16(info.device, fast)
-    model = Pips(stride=8).to(info.device).set_fast(use_fast)
+    dtype = dist.fast_dtype(info.device, fast, training=True)
+    model = Pips(stride=8).to(info.device).set_fast(dtype is not None, dtype)
     model.norm.requires_grad_(False)  # unused by the forward; kept only for checkpoint compatibility
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=1e-8)
@@ -295,7 +295,7 @@ def main(
         (run_log / "config.json").write_text(json.dumps(config, indent=2, default=str))
         print(
             f"run {run_name}: {'resuming at step ' + str(start) if resume else 'new'}; device {info.device}"
-            f"{' (fast path, bf16)' if use_fast else ''}; {info.world_size} process(es)"
+            f"{' (fast path, bf16)' if dtype is not None else ''}; {info.world_size} process(es)"
         )
 
     train_iter = batches(train_data, B, num_workers, info, seed, start * grad_acc)

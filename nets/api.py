@@ -21,7 +21,7 @@ import torch.nn as nn
 from nets.pips2 import Pips
 from nets.tracker import resize_frames, track
 from utils.checkpoint import load_weights
-from utils.dist import pick_device, use_bf16
+from utils.dist import fast_dtype, pick_device
 from utils.video import read_video, video_info
 
 REFERENCE_DIR = "./reference_model"
@@ -171,9 +171,9 @@ class PipsTracker:
             evaluation's 128, and its windows still overlap by a single frame.
         iters: refinement iterations per window.
         image_size: H,W the frames are resized to for the model.
-        fast: the model's fast path (Pips.set_fast: bf16, channels_last, fused correlation); None = on
-            where bf16 is supported (CUDA), the exact float32 path elsewhere. None leaves a model that is
-            already on the fast path as it is.
+        fast: the model's fast path (Pips.set_fast: float16, channels_last, fused correlation); None = on
+            on CUDA, the exact float32 path elsewhere. None leaves a model that is already on the fast path
+            as it is.
         device: where frames are sent; None = the model's device.
     """
 
@@ -195,9 +195,10 @@ class PipsTracker:
         self.device = torch.device(device)
         self.S, self.iters = S, iters
         self.image_size = _check_size(image_size)
-        self.fast = use_bf16(self.device, fast is None or fast)
+        dtype = fast_dtype(self.device, fast is None or fast)
+        self.fast = dtype is not None
         if self.fast or fast is not None:
-            model.set_fast(self.fast)
+            model.set_fast(self.fast, dtype)
 
     @classmethod
     def from_checkpoint(

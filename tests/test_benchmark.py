@@ -34,7 +34,9 @@ def hand_flops(B: int, S: int, N: int, H: int, W: int, iters: int) -> int:
 
 def test_main_times_both_paths_and_counts_flops(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    benchmark.main(S=2, N=4, H=64, W=64, iters=1, warmup=0, repeats=2, bf16=False, device="cpu", out=str(out))
+    benchmark.main(
+        S=2, N=4, H=64, W=64, iters=1, warmup=0, repeats=2, precision="fp32", device="cpu", out=str(out)
+    )
     report = json.loads(out.read_text())
     assert report["env"]["fused_corr"] is False and report["env"]["repeats"] == 2
     rows = report["results"]
@@ -50,7 +52,9 @@ def test_main_times_both_paths_and_counts_flops(tmp_path: Path) -> None:
 
 def test_train_step_updates_the_weights() -> None:
     cfg = Config("t", 1, 2, 4, 64, 64, 1, train=True)
-    model = benchmark.build_model(torch.device("cpu"), 0, fast=False, bf16=False, compile_parts=False)
+    model = benchmark.build_model(
+        torch.device("cpu"), 0, fast=False, dtype=torch.float32, compile_parts=False
+    )
     before = model.delta_block.dense.weight.detach().clone()
     benchmark.make_step(model, cfg, benchmark.make_inputs(cfg, torch.device("cpu"), 0))()
     assert model.training and model.delta_block.dense.weight.grad is None  # zeroed after the step
@@ -67,12 +71,14 @@ def test_inputs_stay_inside_the_frame() -> None:
 
 def test_table_shows_official_ratios_only_when_asked() -> None:
     row = {"name": "demo", "B": 1, "S": 48, "N": 1024, "H": 512, "W": 896, "iters": 16, "path": "fast"}
+    row |= {"dtype": "float16"}
     row |= {"median_s": 0.5, "min_s": 0.4, "peak_gib": 8.0, "fps": 96.0, "flops": 2e13, "tflops_per_s": 40.0}
     row |= {"official_s": 1.19, "official_gib": 72.9, "official_tflop": 31.2, "speedup_vs_official": 2.38}
     cuda = benchmark.format_table([row], official=True).get_string()
-    assert "speed-up" in cuda and "2.38" in cuda and "72.9" in cuda
+    assert "speed-up" in cuda and "2.38" in cuda and "72.9" in cuda and "float16" in cuda
     assert "speed-up" not in benchmark.format_table([row], official=False).get_string()
-    oom = {k: row[k] for k in ("name", "B", "S", "N", "H", "W", "iters", "path")} | {"error": "out of memory"}
+    oom = {k: row[k] for k in ("name", "B", "S", "N", "H", "W", "iters", "path", "dtype")}
+    oom["error"] = "out of memory"
     assert "out of memory" in benchmark.format_table([oom], official=True).get_string()
 
 

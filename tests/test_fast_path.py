@@ -11,6 +11,7 @@ import nets.corr_triton
 from nets.corr import CorrBlock, build_pyramid
 from nets.norm import InstanceNorm
 from nets.pips2 import Pips
+from utils.dist import fast_dtype
 
 needs_cuda_triton = pytest.mark.skipif(
     not (torch.cuda.is_available() and nets.corr_triton.triton is not None), reason="needs CUDA and Triton"
@@ -29,6 +30,9 @@ def clip() -> tuple[torch.Tensor, torch.Tensor]:
     rgbs = torch.rand(1, 4, 3, 64, 96, generator=g) * 255  # B,S,3,H,W
     xy = torch.rand(1, 1, 6, 2, generator=g) * torch.tensor([95.0, 63.0])
     return xy.expand(1, 4, 6, 2).contiguous(), rgbs  # B,S,N,2 still points
+
+
+DTYPES = (torch.bfloat16, torch.float16)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -60,7 +64,7 @@ def test_fast_float32_path_matches_exact_and_switches_back(model: Pips, clip: tu
     with torch.no_grad():
         fmaps = model.encode(rgbs)
         exact = model(trajs_e0, rgbs, iters=1)
-        model.set_fast(True, bf16=False)
+        model.set_fast(True, torch.float32)
         assert model.fnet.conv2.weight.is_contiguous(memory_format=torch.channels_last)
         fast_fmaps = model.encode(rgbs)
         fast = model(trajs_e0, rgbs, iters=1)
@@ -95,7 +99,7 @@ def test_bf16_fast_path_keeps_coords_float32(model: Pips, clip: tuple) -> None:
 
 def test_fast_path_keeps_float32_under_outer_autocast(model: Pips, clip: tuple) -> None:
     trajs_e0, rgbs = clip
-    model.set_fast(True, bf16=False)
+    model.set_fast(True, torch.float32)
     with torch.no_grad():
         plain = model(trajs_e0, rgbs, iters=1)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -174,7 +178,7 @@ def test_fast_path_on_cuda_tracks_like_exact(clip: tuple) -> None:
     model = Pips().cuda().eval()
     with torch.no_grad():
         exact = model(trajs_e0, rgbs, iters=1)
-        fast32 = model.set_fast(True, bf16=False)(trajs_e0, rgbs, iters=1)
+        fast32 = model.set_fast(True, torch.float32)(trajs_e0, rgbs, iters=1)
         fast = model.set_fast(True)(trajs_e0, rgbs, iters=2)
     torch.testing.assert_close(fast32.coords[-1], exact.coords[-1], atol=5e-2, rtol=0)
     assert fast.coords[-1].dtype == torch.float32 and torch.isfinite(fast.coords[-1]).all()
@@ -204,3 +208,42 @@ def test_failing_fused_kernel_falls_back_to_pytorch_once(monkeypatch, caplog) ->
     assert len(calls) == 1  # switched off after the first failure
     assert "no kernel image for this GPU" in caplog.text and "PyTorch path" in caplog.text
     assert not nets.corr_triton.available(coords)
+
+
+def test_float16_rounds_finer_than_bfloat16(model: Pips, clip: tuple) -> None:
+    _, rgbs = clip
+    with torch.no_grad():
+        exact = model.encode(rgbs)
+        errs = {dtype: rel_err(model.set_fast(True, dtype).encode(rgbs), exact) for dtype in DTYPES}
+    model.set_fast(False)
+    # 10 vs 7 mantissa bits: float16 is about 8x closer to float32
+    assert 0 < errs[torch.float16] < errs[torch.bfloat16] / 3
+
+
+def test_float16_overflow_redoes_the_window_in_float32(clip: tuple) -> None:
+    trajs_e0, rgbs = clip
+    torch.manual_seed(0)
+    model = Pips().eval()
+    with torch.no_grad():
+        model.fnet.conv1.weight.mul_(1e6)  # conv1 outputs of ~1e5, beyond float16's 65504: inf
+        fp32 = model.set_fast(True, torch.float32)(trajs_e0, rgbs, iters=2)
+        model.set_fast(True, torch.float16)
+        with pytest.warns(UserWarning, match="float16 overflowed"):
+            out = model(trajs_e0, rgbs, iters=2)
+    assert torch.equal(out.coords[-1], fp32.coords[-1])
+    assert model.fast_dtype == torch.float16  # later windows try float16 again
+
+
+def test_set_fast_rejects_other_dtypes() -> None:
+    with pytest.raises(ValueError, match="float64"):
+        Pips().set_fast(True, torch.float64)
+
+
+def test_fast_dtype_per_device_and_job(monkeypatch) -> None:  # noqa: ANN001
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert fast_dtype(cpu) is None and fast_dtype(cuda, fast=False) is None
+    assert fast_dtype(cuda) == torch.float16  # inference
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert fast_dtype(cuda, training=True) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert fast_dtype(cuda, training=True) is None  # float16 training would need loss scaling

@@ -1,6 +1,5 @@
 """Devices, mixed precision and torch.distributed process groups (torchrun) in one place."""
 
-import contextlib
 import os
 from dataclasses import dataclass
 
@@ -22,16 +21,18 @@ def pick_device(name: str = "") -> torch.device:
     return torch.device("cpu")
 
 
-def use_bf16(device: torch.device, requested: bool = True) -> bool:
-    """bf16 autocast is the fast path on CUDA devices that support it; CPU and MPS stay float32."""
-    return requested and device.type == "cuda" and torch.cuda.is_bf16_supported()
+def fast_dtype(device: torch.device, fast: bool = True, training: bool = False) -> torch.dtype | None:
+    """The fast path's autocast dtype on `device` (see Pips.set_fast), or None for the exact float32 path.
 
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on `device` when enabled, else a no-op context."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    On CUDA: bfloat16 to train (no loss scaling; GPUs without it train exact), float16 for inference
+    (its 8x finer rounding keeps the tracks closest to float32). CPU and MPS stay exact: autocast does not
+    pay there.
+    """
+    if not fast or device.type != "cuda":
+        return None
+    if training:
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.float16
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from nets.pips2 import Pips
 from nets.tracker import FrameSource, track_from_first_frame
 from utils.checkpoint import load_weights
-from utils.dist import pick_device, use_bf16
+from utils.dist import fast_dtype, pick_device
 from utils.logger import Logger, RunningMeans
 from utils.metrics import compute_pips_metrics
 from utils.video import read_image
@@ -52,7 +52,7 @@ def load_model(
     init_dir: str | Path, device: str = "", random_weights: bool = False, fast: bool = True
 ) -> tuple[Pips, torch.device]:
     """Pips in eval mode with the checkpoint of `init_dir` (a file, or a directory's latest) on `device`
-    ('' = best available), on the fast path when `fast` and the device supports it (CUDA); says which.
+    ('' = best available), on the fast path (float16) when `fast` and on CUDA; says which.
 
     random_weights skips loading. Raises FileNotFoundError pointing at get_reference_model.sh when there is
     no checkpoint.
@@ -60,8 +60,10 @@ def load_model(
     dev = pick_device(device)
     model = Pips(stride=8)
     step = 0 if random_weights else load_weights(init_dir, model)
-    tqdm.write(f"model: {'random weights' if random_weights else f'{init_dir} (step {step})'} on {dev}")
-    return model.to(dev).eval().set_fast(use_bf16(dev, fast)), dev
+    dtype = fast_dtype(dev, fast)
+    where = f"{dev}{', fast path (float16)' if dtype is not None else ''}"
+    tqdm.write(f"model: {'random weights' if random_weights else f'{init_dir} (step {step})'} on {where}")
+    return model.to(dev).eval().set_fast(dtype is not None, dtype), dev
 
 
 def scale_tracks(trajs: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:
