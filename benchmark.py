@@ -11,8 +11,9 @@ and credited to both paths, so TFLOP/s compares them on the same work. Peak memo
 peak, or on CPU the growth of the process's peak resident memory (Linux).
 
 With --agree_ckpt, the weights of a trained model track held-out synthetic clips from zero velocity on both
-paths (bf16 autocast forced, on CPU too); it reports the distance between the two paths' tracks and each
-path's d_avg. Random weights would not do: their iterations amplify rounding rather than converge.
+paths (the fast path autocasts per --precision, on CPU too); it reports the distance between the two paths'
+tracks and each path's d_avg. Random weights would not do: their iterations amplify rounding rather than
+converge.
 """
 
 import contextlib
@@ -177,6 +178,14 @@ def fast_dtype(precision: str, train: bool) -> torch.dtype:
     return DTYPES[precision]
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+
+
 def build_model(device: torch.device, seed: int, fast: bool, dtype: torch.dtype, compile_parts: bool) -> Pips:
     torch.manual_seed(seed)
     model = Pips().to(device).set_fast(fast, dtype)
@@ -195,7 +204,7 @@ def run_config(
     rows = []
     for path in paths:
         row = {**asdict(cfg), "path": path, "flops": flops}
-        row["dtype"] = str(dtype).removeprefix("torch.") if path == "fast" else "float32"
+        row["dtype"] = dtype_name(dtype) if path == "fast" else "float32"
         if device.type != "cuda":
             row = {k: v for k, v in row.items() if not k.startswith("official")}
         try:
@@ -242,7 +251,7 @@ def measure_agreement(
         dists.append((tracks["fast"] - tracks["exact"])[:, 1:].norm(dim=-1).flatten().cpu())
     dist = torch.cat(dists).double()
     return {
-        "ckpt": str(ckpt), "dtype": str(dtype).removeprefix("torch."), "clips": clips,
+        "ckpt": str(ckpt), "dtype": dtype_name(dtype), "clips": clips,
         "S": S, "N": N, "H": H, "W": W, "iters": iters,
         "median_px": dist.median().item(), "mean_px": dist.mean().item(), "p90_px": dist.quantile(0.9).item(),
         "d_avg_exact": statistics.mean(d_avg["exact"]), "d_avg_fast": statistics.mean(d_avg["fast"]),
@@ -326,7 +335,7 @@ def main(
         dtype = fast_dtype(precision, train=False)
         agreement = measure_agreement(agree_ckpt, dev, dtype, agree_clips, shape, seed=seed)
         print(agreement_table(agreement))
-        env = {"device": str(dev), "torch": torch.__version__}
+        env = {"device": device_name(dev), "torch": torch.__version__}
         Path(out).write_text(json.dumps({"env": env, "agreement": agreement}, indent=2))
         print(f"wrote {out}")
         return
@@ -342,17 +351,13 @@ def main(
     rows = []
     with tqdm(total=len(chosen) * len(path_list), desc="benchmark") as progress:
         for cfg in chosen:
-            opts = {
-                "precision": precision,
-                "compile": compile,
-                "warmup": warmup,
-                "repeats": repeats,
-                "seed": seed,
-            }
-            rows += run_config(cfg, path_list, dev, progress=progress, **opts)
+            rows += run_config(
+                cfg, path_list, dev, precision=precision, compile=compile, warmup=warmup, repeats=repeats,
+                seed=seed, progress=progress,
+            )  # fmt: skip
     print(format_table(rows, official=dev.type == "cuda"))
     env = {
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "device": device_name(dev),
         "torch": torch.__version__,
         "fused_corr": corr_triton.available(torch.empty(0, device=dev)),
         "precision": precision,
