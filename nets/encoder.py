@@ -7,6 +7,14 @@ import torch.nn.functional as F
 from nets.norm import InstanceNorm
 
 
+def relu_after_norm(x: torch.Tensor) -> torch.Tensor:
+    """ReLU of an instance norm's output: in place without autograd, out of place under autograd. There the
+    exact norm returns a view, and an in-place update of a view makes backward copy every gradient through
+    it (about a tenth of the encoder's training time), while out of place the norm's output is freed all the
+    same: the norm's backward needs its input, not its output."""
+    return F.relu(x, inplace=not torch.is_grad_enabled())
+
+
 class ResidualBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -14,7 +22,6 @@ class ResidualBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, padding=1)
         self.norm1 = InstanceNorm()
         self.norm2 = InstanceNorm()
-        self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1:
             self.downsample = nn.Sequential(
@@ -22,11 +29,11 @@ class ResidualBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.relu(self.norm1(self.conv1(x)))
-        y = self.relu(self.norm2(self.conv2(y)))
+        y = relu_after_norm(self.norm1(self.conv1(x)))
+        y = relu_after_norm(self.norm2(self.conv2(y)))
         if self.downsample is not None:
             x = self.downsample(x)
-        return self.relu(x + y)
+        return (x + y).relu_()
 
 
 class BasicEncoder(nn.Module):
@@ -37,14 +44,12 @@ class BasicEncoder(nn.Module):
         self.stride = stride
         self.conv1 = nn.Conv2d(input_dim, 64, kernel_size=7, stride=2, padding=3)
         self.norm1 = InstanceNorm()
-        self.relu1 = nn.ReLU(inplace=True)
         self.layer1 = self._make_layer(64, 64, stride=1)
         self.layer2 = self._make_layer(64, 96, stride=2)
         self.layer3 = self._make_layer(96, 128, stride=2)
         self.layer4 = self._make_layer(128, 128, stride=2)
         self.conv2 = nn.Conv2d(64 + 96 + 128 + 128, output_dim * 2, kernel_size=3, padding=1)
         self.norm2 = InstanceNorm()
-        self.relu2 = nn.ReLU(inplace=True)
         self.conv3 = nn.Conv2d(output_dim * 2, output_dim, kernel_size=1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -58,11 +63,11 @@ class BasicEncoder(nn.Module):
         """x: B,3,H,W in [-1, 1] -> B,C,H//stride,W//stride."""
         _, _, H, W = x.shape
         size = (H // self.stride, W // self.stride)
-        x = self.relu1(self.norm1(self.conv1(x)))
+        x = relu_after_norm(self.norm1(self.conv1(x)))
         a = self.layer1(x)  # B,64,H/2,W/2
         b = self.layer2(a)  # B,96,H/4,W/4
         c = self.layer3(b)  # B,128,H/8,W/8
         d = self.layer4(c)  # B,128,H/16,W/16
         feats = [F.interpolate(t, size, mode="bilinear", align_corners=True) for t in (a, b, c, d)]
-        x = self.relu2(self.norm2(self.conv2(torch.cat(feats, dim=1))))  # B,256,H8,W8
+        x = relu_after_norm(self.norm2(self.conv2(torch.cat(feats, dim=1))))  # B,256,H8,W8
         return self.conv3(x)  # B,C,H8,W8
