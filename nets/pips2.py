@@ -2,11 +2,13 @@
 
 import contextlib
 import warnings
+from functools import partial
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 from einops import rearrange
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from nets.corr import CorrBlock, build_pyramid
 from nets.delta import DeltaBlock
@@ -15,6 +17,16 @@ from nets.norm import InstanceNorm
 from utils.sampling import bilinear_sample_border
 
 ENCODE_CHUNK = 16  # frames per encoder call when no gradient is needed
+GRAD_CHUNK_PIXELS = 2**19  # frame pixels per encoder call under autograd (5 frames of 256x384)
+_LAYER_OPS = (torch.ops.aten.convolution.default, torch.ops.aten.addmm.default, torch.ops.aten.mm.default)
+
+
+def _keep_layer_outputs(ctx: object, op: object, *args: object, **kwargs: object) -> CheckpointPolicy:
+    """Selective recomputation of the delta block: the outputs of its convolutions and of its linear layer
+    are kept, everything between them (norms, ReLUs, padding, residual sums, casts, the flow embedding) is
+    recomputed in backward. That halves what the block stores for a few percent of its time."""
+    return CheckpointPolicy.MUST_SAVE if op in _LAYER_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
 
 Feats = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -42,6 +54,7 @@ class Pips(nn.Module):
         self.norm = nn.GroupNorm(1, latent_dim)
         self.fast = False
         self.fast_dtype = torch.float32
+        self.recompute = False
 
     def set_fast(self, enabled: bool = True, dtype: torch.dtype | None = torch.bfloat16) -> "Pips":
         """Switch between the exact float32 path (the default) and the fast path.
@@ -63,6 +76,19 @@ class Pips(nn.Module):
         for module in self.modules():
             if isinstance(module, InstanceNorm):
                 module.fast = enabled
+        return self
+
+    def set_recompute(self, enabled: bool = True) -> "Pips":
+        """Train in a fraction of the memory: under autograd, recompute activations in backward rather than
+        store them (the default stores everything).
+
+        The encoder's chunks of frames (GRAD_CHUNK_PIXELS) run under activation checkpointing: only the
+        feature maps are stored, and backward re-runs the encoder one chunk at a time. Each iteration's
+        delta block keeps only its layers' outputs and recomputes the cheap operations between them. The
+        gradients are those of the store-everything path (the same kernels on the same inputs); a step costs
+        one more encoder forward. Without autograd (inference) nothing changes. Works with set_fast.
+        """
+        self.recompute = enabled
         return self
 
     def compile_parts(self, **compile_kwargs: object) -> "Pips":
@@ -88,9 +114,18 @@ class Pips(nn.Module):
         if min(H, W) < min_side:
             raise ValueError(f"frames of {H}x{W} are too small: each side needs at least {min_side} pixels")
         frames = rgbs.reshape(B * S, 3, H, W)
-        # without autograd, frames go through in chunks: the encoder's activations dominate the memory
-        chunk = B * S if torch.is_grad_enabled() else ENCODE_CHUNK
-        fmaps = torch.cat([self._encode_frames(frames[i : i + chunk]) for i in range(0, B * S, chunk)])
+        encode = self._encode_frames
+        if not torch.is_grad_enabled():
+            # without autograd, frames go through in chunks: the encoder's activations dominate the memory
+            chunk = ENCODE_CHUNK
+        else:
+            # in chunks under autograd too, whether their activations are stored or recomputed, so that both
+            # ways run the very same convolutions; recomputing stores only the feature maps, and backward
+            # re-runs the encoder chunk by chunk (the model draws no random numbers: no RNG state to keep)
+            chunk = max(1, GRAD_CHUNK_PIXELS // (H * W))
+            if self.recompute:
+                encode = partial(checkpoint, encode, use_reentrant=False, preserve_rng_state=False)
+        fmaps = torch.cat([encode(frames_chunk) for frames_chunk in frames.split(chunk)])
         return fmaps.reshape(B, S, *fmaps.shape[1:])  # B,S,C,H8,W8
 
     def _encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
@@ -180,8 +215,26 @@ class Pips(nn.Module):
         B = coords.shape[0]
         flows = coords[:, 1:] - coords[:, :-1]  # B,S-1,N,2
         flows = torch.cat([flows, flows[:, -1:]], dim=1)  # B,S,N,2
+        fcorrs = rearrange(fcorrs, "b s n c -> (b n) s c")  # BN,S,3LRR
+        flows = rearrange(flows, "b s n c -> (b n) s c")  # BN,S,2
         with self._precision(coords.device, low=True):
-            delta = self.delta_block(
-                rearrange(fcorrs, "b s n c -> (b n) s c"), rearrange(flows, "b s n c -> (b n) s c")
-            )  # BN,S,2
+            if self.recompute and torch.is_grad_enabled():
+                delta = self._recompute_delta(fcorrs, flows)  # BN,S,2
+            else:
+                delta = self.delta_block(fcorrs, flows)  # BN,S,2
         return rearrange(delta.float(), "(b n) s c -> b s n c", b=B)  # B,S,N,2
+
+    def _recompute_delta(self, fcorrs: torch.Tensor, flows: torch.Tensor) -> torch.Tensor:
+        """The delta block under selective recomputation (_keep_layer_outputs), in the caller's precision."""
+        device = fcorrs.device.type
+        # backward replays the block's operations one for one, so none may come from autocast's weight cast
+        # cache, which an earlier iteration filled in forward but is empty in backward
+        with torch.autocast(device, enabled=torch.is_autocast_enabled(device), cache_enabled=False):
+            return checkpoint(
+                self.delta_block,
+                fcorrs,
+                flows,
+                use_reentrant=False,
+                preserve_rng_state=False,
+                context_fn=partial(create_selective_checkpoint_contexts, _keep_layer_outputs),
+            )

@@ -73,6 +73,20 @@ def test_forward_matches_fixture(model: Pips, ref: dict, iters: int, tol: float)
     np.testing.assert_allclose(loss.item(), ref[f"it{iters}_loss"], rtol=1e-4)
 
 
+def test_forward_under_autograd_with_recompute_matches_fixture(model: Pips, ref: dict) -> None:
+    """Training's forward (autograd on, activations recomputed) gives the official numbers too."""
+    model.set_recompute(True)
+    try:
+        out = model(t(ref["trajs_e0"]), t(ref["rgbs"]).float(), iters=2)
+    finally:
+        model.set_recompute(False)
+    coords = torch.stack(out.coords).detach().numpy()
+    np.testing.assert_allclose(coords, ref["it2_coord_predictions1"], atol=0.05, rtol=0)
+    assert out.coords[-1].requires_grad
+    loss = sequence_loss(out.coords[:-1], t(ref["trajs_g"]), t(ref["valids"]), gamma=0.8)
+    np.testing.assert_allclose(loss.item(), ref["it2_loss"], rtol=1e-4)
+
+
 def test_chained_window_matches_fixture(model: Pips, ref: dict) -> None:
     rgbs = t(ref["rgbs"]).float()
     with torch.no_grad():
@@ -89,9 +103,10 @@ def test_frame0_locked_in_output(model: Pips, ref: dict) -> None:
     assert not torch.allclose(out.coords[0][:, 0], e0[:, 0])
 
 
-def test_tiny_forward_backward_finite() -> None:
+@pytest.mark.parametrize("recompute", [False, True])
+def test_tiny_forward_backward_finite(recompute: bool) -> None:
     torch.manual_seed(0)
-    model = Pips()
+    model = Pips().set_recompute(recompute)
     rgbs = torch.rand(2, 5, 3, 64, 96) * 255
     trajs = torch.rand(2, 5, 7, 2) * torch.tensor([95.0, 63.0])
     out = model(trajs, rgbs, iters=2)
