@@ -235,6 +235,7 @@ def main(
     ckpt_dir: str = "./checkpoints",  # checkpoints, per run
     device: str = "",  # '' = cuda if available, else mps, else cpu
     fast: bool = True,  # the fast path on CUDA: bf16 autocast, channels_last, fused kernels (CPU: float32)
+    recompute: bool = True,  # recompute activations in backward (Pips.set_recompute): less memory, more time
     compile: bool = False,  # torch.compile the model
     max_bad_steps: int = 5,  # stop after this many non-finite losses in a row
 ) -> None:
@@ -263,7 +264,7 @@ def main(
     run_ckpt, run_log = ckpt_root / run_name, Path(log_dir) / run_name
 
     dtype = dist.fast_dtype(info.device, fast, training=True)
-    model = Pips(stride=8).to(info.device).set_fast(dtype is not None, dtype)
+    model = Pips(stride=8).to(info.device).set_fast(dtype is not None, dtype).set_recompute(recompute)
     model.norm.requires_grad_(False)  # unused by the forward; kept only for checkpoint compatibility
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=1e-8)
