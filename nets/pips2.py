@@ -8,7 +8,12 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 from einops import rearrange
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+    noop_context_fn,
+)
 
 from nets.corr import CorrBlock, build_pyramid
 from nets.delta import DeltaBlock
@@ -55,6 +60,7 @@ class Pips(nn.Module):
         self.fast = False
         self.fast_dtype = torch.float32
         self.recompute = False
+        self.parts_compiled = False
 
     def set_fast(self, enabled: bool = True, dtype: torch.dtype | None = torch.bfloat16) -> "Pips":
         """Switch between the exact float32 path (the default) and the fast path.
@@ -96,6 +102,7 @@ class Pips(nn.Module):
         torch.compile, e.g. mode='max-autotune'."""
         self.fnet.compile(**compile_kwargs)
         self.delta_block.compile(**compile_kwargs)
+        self.parts_compiled = True
         return self
 
     def _precision(self, device: torch.device, low: bool) -> contextlib.AbstractContextManager:
@@ -225,8 +232,13 @@ class Pips(nn.Module):
         return rearrange(delta.float(), "(b n) s c -> b s n c", b=B)  # B,S,N,2
 
     def _recompute_delta(self, fcorrs: torch.Tensor, flows: torch.Tensor) -> torch.Tensor:
-        """The delta block under selective recomputation (_keep_layer_outputs), in the caller's precision."""
+        """The delta block under selective recomputation (_keep_layer_outputs), in the caller's precision.
+
+        A block compiled by compile_parts is recomputed whole instead: selective recomputation around code
+        compiled by inductor gives wrong gradients.
+        """
         device = fcorrs.device.type
+        selective = partial(create_selective_checkpoint_contexts, _keep_layer_outputs)
         # backward replays the block's operations one for one, so none may come from autocast's weight cast
         # cache, which an earlier iteration filled in forward but is empty in backward
         with torch.autocast(device, enabled=torch.is_autocast_enabled(device), cache_enabled=False):
@@ -236,5 +248,5 @@ class Pips(nn.Module):
                 flows,
                 use_reentrant=False,
                 preserve_rng_state=False,
-                context_fn=partial(create_selective_checkpoint_contexts, _keep_layer_outputs),
+                context_fn=noop_context_fn if self.parts_compiled else selective,
             )

@@ -91,6 +91,28 @@ def test_fast_path_gradients_equal_with_and_without_recompute() -> None:
     assert (grads[True] - grads[False]).norm() <= 2e-3 * grads[False].norm()
 
 
+def test_compiled_parts_recompute_the_delta_block_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Selective recomputation around inductor's code gives wrong gradients: compiled parts are recomputed
+    whole. (The eager backend compiles quickly and computes exactly as without compiling.)"""
+    policy_calls = []
+    keep = nets.pips2._keep_layer_outputs
+    monkeypatch.setattr(
+        nets.pips2, "_keep_layer_outputs", lambda *a, **k: policy_calls.append(1) or keep(*a, **k)
+    )
+    trajs, rgbs = clip(1, 3, 4, 64, 64)
+    grads = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = Pips().set_recompute(True)
+        if compiled:
+            model.compile_parts(backend="eager")
+        policy_calls.clear()
+        grads[compiled] = gradients(model, trajs, rgbs, iters=2)
+        assert bool(policy_calls) != compiled
+    for name, expected in grads[False].items():
+        torch.testing.assert_close(grads[True][name], expected, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_thirty_steps_on_a_fixed_batch_give_the_same_losses() -> None:
     batch = collate_clips([SyntheticClips(S=4, N=8, crop_size=(32, 32), length=1, seed=3)[0]])
     losses, weights = {}, {}
