@@ -3,12 +3,19 @@
     python benchmark.py                                 # the official H100 configs on CUDA, small ones on CPU
     python benchmark.py --configs eval-window --compile # one of them, fast path compiled
     python benchmark.py --S 24 --N 512 --H 384 --W 512  # one custom shape
+    python benchmark.py --preset train-memory           # training steps, recomputation off and on
     python benchmark.py --agree_ckpt ./checkpoints/<run> # fast vs exact tracks, trained weights
 
 Each row is timed after warm-up (CUDA events on CUDA), median and min over the repeats. FLOPs are counted
 with torch's FlopCounterMode on one step of the exact path (the fused kernel is invisible to the counter)
 and credited to both paths, so TFLOP/s compares them on the same work. Peak memory is the CUDA allocator's
 peak, or on CPU the growth of the process's peak resident memory (Linux).
+
+Training configs run twice per path, with recomputation (Pips.set_recompute) off (everything stored) and
+on; the table puts the two side by side with their ratios. On CPU each training row runs in a process of its
+own under a memory cap (RLIMIT_DATA, --mem_cap_gib), so a row that needs more becomes an "out of memory" row
+instead of exhausting the machine; its peak is that process's whole peak resident memory (VmHWM, as
+`/usr/bin/time -v` reports it), and its FLOPs are counted in the process of its exact store-everything row.
 
 With --agree_ckpt, the weights of a trained model track held-out synthetic clips from zero velocity on both
 paths (the fast path autocasts per --precision, on CPU too); it reports the distance between the two paths'
@@ -17,12 +24,16 @@ converge.
 """
 
 import contextlib
+import itertools
 import json
+import multiprocessing
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import fire
@@ -71,7 +82,14 @@ PRESETS = {
         Config("cpu-infer", 1, 8, 64, 128, 192, 2),
         Config("cpu-train", 1, 4, 32, 128, 192, 2, True),
     ),
+    # one training step of the official recipe at B=1 and B=4, and of the high-resolution fine-tune recipe
+    "train-memory": (
+        Config("official-B1", 1, 36, 128, 256, 384, 6, True),
+        Config("official-B4", 4, 36, 128, 256, 384, 6, True, 0.51, 67.5),
+        Config("finetune", 1, 64, 128, 512, 896, 6, True),
+    ),
 }
+RECOMPUTE = {"off": False, "on": True}
 
 
 def make_inputs(cfg: Config, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
@@ -186,46 +204,156 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
 
 
-def build_model(device: torch.device, seed: int, fast: bool, dtype: torch.dtype, compile_parts: bool) -> Pips:
+def build_model(
+    device: torch.device,
+    seed: int,
+    fast: bool,
+    dtype: torch.dtype,
+    compile_parts: bool,
+    recompute: bool = False,
+) -> Pips:
     torch.manual_seed(seed)
-    model = Pips().to(device).set_fast(fast, dtype)
+    model = Pips().to(device).set_fast(fast, dtype).set_recompute(recompute)
     if fast and compile_parts:
         model.compile_parts()
     return model
 
 
-def run_config(
-    cfg: Config, paths: list[str], device: torch.device, *, precision: str, compile: bool, warmup: int,
-    repeats: int, seed: int, progress: tqdm,
-) -> list[dict]:  # fmt: skip
+def available_memory_gib() -> float | None:
+    """MemAvailable of /proc/meminfo in GiB (Linux), else None."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    return None
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+    )
+
+
+def exact_flops(cfg: Config, device: torch.device, inputs: dict, seed: int, dtype: torch.dtype) -> int | None:
+    """FLOPs of one step of the exact path, everything stored (credited to every row of the config)."""
+    return count_flops(make_step(build_model(device, seed, False, dtype, False), cfg, inputs))
+
+
+def measure_in_process(
+    cfg: Config, path: str, recompute: bool, device: torch.device, inputs: dict, *, dtype: torch.dtype,
+    compile: bool, warmup: int, repeats: int, seed: int,
+) -> dict:  # fmt: skip
+    """Step times and peak memory (CUDA allocator peak, or growth of peak RSS) of one row in this process."""
+    try:
+        step = make_step(build_model(device, seed, path == "fast", dtype, compile, recompute), cfg, inputs)
+        baseline = _reset_peak(device)
+        times = time_step(step, device, warmup, repeats)
+    except torch.cuda.OutOfMemoryError:
+        return {"error": "out of memory"}
+    return {"times_s": times, "peak_gib": _read_peak_gib(device, baseline)}
+
+
+def measure_training_row(
+    cfg: Config, path: str, recompute: bool, device: torch.device, *, dtype: torch.dtype, compile: bool,
+    warmup: int, repeats: int, seed: int, count: bool,
+) -> dict:  # fmt: skip
+    """Step times and the whole peak resident memory of this process for one training row, and when
+    `count` the FLOPs of the exact store-everything step, counted first (on CPU that is this row's own
+    kind of step, so the count does not raise the peak)."""
     inputs = make_inputs(cfg, device, seed)
+    flops = exact_flops(cfg, device, inputs, seed, dtype) if count else None
+    step = make_step(build_model(device, seed, path == "fast", dtype, compile, recompute), cfg, inputs)
+    times = time_step(step, device, warmup, repeats)
+    return {"flops": flops, "times_s": times, "peak_gib": _proc_status_kib("VmHWM") / 2**20}
+
+
+def _training_row_process(conn: Connection, cap_bytes: int, job: dict) -> None:
+    """Entry of a row's own process: measure under the memory cap and send back the result."""
+    resource.setrlimit(resource.RLIMIT_DATA, (cap_bytes, cap_bytes))
+    try:
+        result = measure_training_row(**job)
+    except (MemoryError, RuntimeError) as error:
+        if not _is_out_of_memory(error):
+            raise
+        result = {"error": "out of memory"}
+    conn.send(result)
+
+
+def measure_in_capped_process(job: dict, cap_gib: float) -> dict:
+    """measure_training_row(**job) in a fresh process whose data segment is capped at `cap_gib`."""
+    context = multiprocessing.get_context("spawn")  # a clean process: no forked threads or allocator state
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_training_row_process, args=(send, int(cap_gib * 2**30), job))
+    process.start()
+    send.close()
+    try:
+        result = receive.recv()
+    except EOFError:  # it died without an answer
+        result = None
+    process.join()
+    if result is None:
+        if process.exitcode is not None and process.exitcode < 0:  # e.g. the kernel's OOM killer
+            return {"error": f"killed (signal {-process.exitcode})"}
+        raise RuntimeError(f"{job['cfg'].name} ({job['path']}) failed with exit code {process.exitcode}")
+    return result
+
+
+def run_config(
+    cfg: Config, paths: list[str], recompute: list[str], device: torch.device, *, precision: str,
+    compile: bool, warmup: int, repeats: int, seed: int, mem_cap_gib: float, progress: tqdm,
+) -> list[dict]:  # fmt: skip
+    """The rows of one config: each path and, for a training config, each recompute state. Training rows
+    on CPU run in processes of their own (measure_in_capped_process)."""
     dtype = fast_dtype(precision, cfg.train)
-    flops = count_flops(make_step(build_model(device, seed, False, dtype, False), cfg, inputs))
+    isolate = cfg.train and device.type == "cpu"
+    inputs = None if isolate else make_inputs(cfg, device, seed)
+    flops = None if isolate else exact_flops(cfg, device, inputs, seed, dtype)
+    timing = {"dtype": dtype, "compile": compile, "warmup": warmup, "repeats": repeats, "seed": seed}
     rows = []
-    for path in paths:
-        row = {**asdict(cfg), "path": path, "flops": flops}
+    for path, state in itertools.product(paths, recompute if cfg.train else [None]):
+        row = {**asdict(cfg), "path": path, "recompute": state, "flops": flops}
         row["dtype"] = dtype_name(dtype) if path == "fast" else "float32"
         if device.type != "cuda":
             row = {k: v for k, v in row.items() if not k.startswith("official")}
-        try:
-            step = make_step(build_model(device, seed, path == "fast", dtype, compile), cfg, inputs)
-            baseline = _reset_peak(device)
-            times = time_step(step, device, warmup, repeats)
-            row["peak_gib"] = _read_peak_gib(device, baseline)
-        except torch.cuda.OutOfMemoryError:
-            row["error"] = "out of memory"
+        on = RECOMPUTE.get(state, False)
+        if isolate:
+            count = path == "exact" and state == "off"
+            job = {"cfg": cfg, "path": path, "recompute": on, "device": device, "count": count, **timing}
+            row |= measure_in_capped_process(job, mem_cap_gib) | {"mem_cap_gib": mem_cap_gib}
         else:
-            median = statistics.median(times)
-            row |= {"times_s": times, "median_s": median, "min_s": min(times)}
-            row["fps"] = cfg.B * cfg.S / median
-            row["tflops_per_s"] = None if flops is None else flops / median / 1e12
-            if row.get("official_s"):
-                row["speedup_vs_official"] = cfg.official_s / median
+            row |= measure_in_process(cfg, path, on, device, inputs, **timing)
         rows.append(row)
         progress.update()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return rows
+    if isolate:  # the exact store-everything row counted the FLOPs of every row
+        counted = [r.get("flops") for r in rows if r["path"] == "exact" and r["recompute"] == "off"]
+        for r in rows:
+            r["flops"] = counted[0] if counted else None
+    return [summarise(r, cfg) for r in rows]
+
+
+def summarise(row: dict, cfg: Config) -> dict:
+    """Median, min, frames/s, TFLOP/s and the official speed-up of a timed row."""
+    if "error" in row:
+        return row
+    times = row["times_s"]
+    median = statistics.median(times)
+    row |= {"median_s": median, "min_s": min(times), "fps": cfg.B * cfg.S / median}
+    row["tflops_per_s"] = None if row["flops"] is None else row["flops"] / median / 1e12
+    if row.get("official_s"):
+        row["speedup_vs_official"] = cfg.official_s / median
+    return row
+
+
+def compare_recompute(rows: list[dict]) -> None:
+    """Give each recompute-on row its time and peak memory relative to the matching store-everything row."""
+    off = {(r["name"], r["path"]): r for r in rows if r["recompute"] == "off" and "error" not in r}
+    for r in rows:
+        base = off.get((r["name"], r["path"]))
+        if r["recompute"] == "on" and base is not None and "error" not in r:
+            r["time_vs_off"] = r["median_s"] / base["median_s"]
+            r["peak_vs_off"] = r["peak_gib"] / base["peak_gib"] if base["peak_gib"] else None
 
 
 @torch.no_grad()
@@ -267,7 +395,8 @@ def agreement_table(a: dict) -> PrettyTable:
 
 
 def format_table(rows: list[dict], official: bool) -> PrettyTable:
-    columns = ["config", "path", "dtype", "median s", "min s", "peak GiB", "frames/s", "TFLOP", "TFLOP/s"]
+    columns = ["config", "path", "dtype", "recompute", "median s", "min s", "peak GiB", "time vs off"]
+    columns += ["peak vs off", "frames/s", "TFLOP", "TFLOP/s"]
     if official:
         columns += ["official s", "official GiB", "official TFLOP", "speed-up"]
     table = PrettyTable(columns)
@@ -277,11 +406,12 @@ def format_table(rows: list[dict], official: bool) -> PrettyTable:
 
     for r in rows:
         shape = f"{r['name']} (B{r['B']} S{r['S']} N{r['N']} {r['H']}x{r['W']} i{r['iters']})"
-        cells = [shape, r["path"], r["dtype"]]
+        cells = [shape, r["path"], r["dtype"], r.get("recompute") or "-"]
         if "error" in r:
-            cells += [r["error"]] + ["-"] * (len(columns) - 4)
+            cells += [r["error"]] + ["-"] * (len(columns) - 5)
         else:
             cells += [fmt(r["median_s"], ".4f"), fmt(r["min_s"], ".4f"), fmt(r["peak_gib"], ".2f")]
+            cells += [fmt(r.get("time_vs_off"), ".2f"), fmt(r.get("peak_vs_off"), ".2f")]
             tflop = None if r["flops"] is None else r["flops"] / 1e12
             cells += [fmt(r["fps"], ".1f"), fmt(tflop, ".4f"), fmt(r["tflops_per_s"], ".3f")]
             if official:
@@ -289,6 +419,14 @@ def format_table(rows: list[dict], official: bool) -> PrettyTable:
                 cells += [fmt(r.get("official_tflop"), ".2f"), fmt(r.get("speedup_vs_official"), ".2f")]
         table.add_row(cells)
     return table
+
+
+def parse_choices(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    """A comma-separated list of some of `allowed`, in the order given."""
+    chosen = [c.strip() for c in text.split(",") if c.strip()]
+    if not chosen or set(chosen) - set(allowed):
+        raise ValueError(f"{flag} must name {' and/or '.join(allowed)}, got {text!r}")
+    return chosen
 
 
 def select_configs(preset: str, configs: str, device: torch.device) -> tuple[Config, ...]:
@@ -309,7 +447,7 @@ def select_configs(preset: str, configs: str, device: torch.device) -> tuple[Con
 @explain_flags
 def main(
     *,
-    preset: str = "",  # 'official' (the H100 table) or 'cpu' (small); default official on CUDA, else cpu
+    preset: str = "",  # official (H100 table), cpu (small), train-memory; default: official on CUDA, else cpu
     configs: str = "",  # comma-separated config names of the preset to run; default all
     S: int = 0,  # > 0: benchmark the custom shape B,S,N,H,W,iters,train instead of a preset
     B: int = 1,  # custom shape: batch size
@@ -319,6 +457,8 @@ def main(
     iters: int = 16,  # custom shape: refinement iterations
     train: bool = False,  # custom shape: time a training step instead of an inference forward
     paths: str = "exact,fast",  # comma-separated paths to time: exact (float32) and/or fast
+    recompute: str = "off,on",  # training configs: Pips.set_recompute states to time, off and/or on
+    mem_cap_gib: float = 0.0,  # CPU training rows: memory cap of each row's process; 0 = half the available
     precision: str = "auto",  # fast path's autocast: auto (bf16 to train, fp16 to infer), bf16, fp16, fp32
     compile: bool = False,  # torch.compile the encoder and delta block of the fast path
     warmup: int = 1,  # untimed calls before timing (the FLOP count runs one more)
@@ -339,9 +479,9 @@ def main(
         Path(out).write_text(json.dumps({"env": env, "agreement": agreement}, indent=2))
         print(f"wrote {out}")
         return
-    path_list = [p.strip() for p in paths.split(",") if p.strip()]
-    if not path_list or set(path_list) - {"exact", "fast"}:
-        raise ValueError(f"paths must name exact and/or fast, got {paths!r}")
+    path_list = parse_choices(paths, ("exact", "fast"), "paths")
+    states = parse_choices(recompute, tuple(RECOMPUTE), "recompute")
+    mem_cap_gib = mem_cap_gib or (available_memory_gib() or 8.0) / 2
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     if S > 0:
@@ -349,13 +489,19 @@ def main(
     else:
         chosen = select_configs(preset, configs, dev)
     rows = []
-    with tqdm(total=len(chosen) * len(path_list), desc="benchmark") as progress:
+    total = sum(len(path_list) * (len(states) if cfg.train else 1) for cfg in chosen)
+    with tqdm(total=total, desc="benchmark") as progress:
         for cfg in chosen:
             rows += run_config(
-                cfg, path_list, dev, precision=precision, compile=compile, warmup=warmup, repeats=repeats,
-                seed=seed, progress=progress,
+                cfg, path_list, states, dev, precision=precision, compile=compile, warmup=warmup,
+                repeats=repeats, seed=seed, mem_cap_gib=mem_cap_gib, progress=progress,
             )  # fmt: skip
+    compare_recompute(rows)
     print(format_table(rows, official=dev.type == "cuda"))
+    memory = "CUDA max_memory_allocated" if dev.type == "cuda" else "growth of peak RSS"
+    if dev.type == "cpu" and any(cfg.train for cfg in chosen):
+        memory += f"; training rows: peak RSS of each row's own process, capped at {mem_cap_gib:.1f} GiB"
+    print(f"peak GiB: {memory}")
     env = {
         "device": device_name(dev),
         "torch": torch.__version__,
@@ -364,7 +510,7 @@ def main(
         "compile": compile,
         "warmup": warmup,
         "repeats": repeats,
-        "memory": "CUDA max_memory_allocated" if dev.type == "cuda" else "growth of peak RSS",
+        "memory": memory,
     }
     Path(out).write_text(json.dumps({"env": env, "results": rows}, indent=2))
     print(f"wrote {out}")

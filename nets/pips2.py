@@ -145,12 +145,16 @@ class Pips(nn.Module):
 
     @staticmethod
     def sample_templates(fmaps: torch.Tensor, coords: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor:
-        """Features of frame frame_ids[t] at coords[:, frame_ids[t]], border-clamped -> B,S,N,C."""
+        """Features of frame frame_ids[t] at coords[:, frame_ids[t]], border-clamped -> B,S,N,C.
+
+        Every frame is sampled at its own coords, then the frames are picked: indexing fmaps by frame_ids
+        first would copy a feature map per frame and keep the copies for backward (2.6 GB per step at
+        S=64, 512x896).
+        """
         B, S, C, H8, W8 = fmaps.shape
         N = coords.shape[2]
-        fm = fmaps[:, frame_ids].reshape(B * S, C, H8, W8)
-        xy = coords[:, frame_ids].reshape(B * S, N, 2)
-        return bilinear_sample_border(fm, xy).reshape(B, S, N, C)  # B,S,N,C
+        feats = bilinear_sample_border(fmaps.reshape(B * S, C, H8, W8), coords.reshape(B * S, N, 2))  # BS,N,C
+        return feats.reshape(B, S, N, C)[:, frame_ids]  # B,S,N,C
 
     def forward(
         self,

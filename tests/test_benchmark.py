@@ -69,9 +69,42 @@ def test_inputs_stay_inside_the_frame() -> None:
     assert torch.equal(inputs["trajs_e0"], trajs[:, :1].expand_as(trajs))
 
 
+def test_training_rows_run_in_capped_processes_with_recompute_off_and_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for the rows' processes: tiny steps, a shared machine
+    out = tmp_path / "bench.json"
+    benchmark.main(
+        S=2, N=4, H=64, W=64, iters=1, train=True, paths="exact", warmup=0, repeats=1, device="cpu",
+        mem_cap_gib=6.0, out=str(out),
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert "own process, capped at 6.0 GiB" in report["env"]["memory"]
+    off, on = report["results"]
+    assert (off["recompute"], on["recompute"]) == ("off", "on")
+    forward = hand_flops(1, 2, 4, 64, 64, 1)
+    assert off["flops"] == on["flops"] and 2 * forward < off["flops"] < 3 * forward  # + backward (not rgbs)
+    for r in (off, on):
+        assert r["mem_cap_gib"] == 6.0 and len(r["times_s"]) == 1
+        assert 0.1 < r["peak_gib"] < 6.0  # the whole process: interpreter, torch, model, one step
+    assert on["time_vs_off"] == pytest.approx(on["median_s"] / off["median_s"])
+    assert on["peak_vs_off"] == pytest.approx(on["peak_gib"] / off["peak_gib"])
+
+
+def test_capped_process_reports_out_of_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    job = {
+        "cfg": Config("big", 1, 32, 4, 1024, 1024, 1, train=True), "path": "exact", "recompute": False,
+        "device": torch.device("cpu"), "dtype": torch.float32, "compile": False, "warmup": 0, "repeats": 1,
+        "seed": 0, "count": False,
+    }  # fmt: skip
+    # 400 MB of frames, then 400 MB more for the normalised copy: over a 0.7 GiB cap on the way
+    assert benchmark.measure_in_capped_process(job, cap_gib=0.7) == {"error": "out of memory"}
+
+
 def test_table_shows_official_ratios_only_when_asked() -> None:
     row = {"name": "demo", "B": 1, "S": 48, "N": 1024, "H": 512, "W": 896, "iters": 16, "path": "fast"}
-    row |= {"dtype": "float16"}
+    row |= {"dtype": "float16", "recompute": None}
     row |= {"median_s": 0.5, "min_s": 0.4, "peak_gib": 8.0, "fps": 96.0, "flops": 2e13, "tflops_per_s": 40.0}
     row |= {"official_s": 1.19, "official_gib": 72.9, "official_tflop": 31.2, "speedup_vs_official": 2.38}
     cuda = benchmark.format_table([row], official=True).get_string()
@@ -82,9 +115,31 @@ def test_table_shows_official_ratios_only_when_asked() -> None:
     assert "out of memory" in benchmark.format_table([oom], official=True).get_string()
 
 
+def test_recompute_rows_compared_with_their_store_everything_row() -> None:
+    base = {"name": "official-B1", "B": 1, "S": 36, "N": 128, "H": 256, "W": 384, "iters": 6}
+    base |= {"dtype": "float32", "flops": None, "fps": 1.0, "tflops_per_s": None, "min_s": 1.0}
+    rows = [
+        base | {"path": "exact", "recompute": "off", "median_s": 10.0, "peak_gib": 8.0},
+        base | {"path": "exact", "recompute": "on", "median_s": 12.0, "peak_gib": 2.0},
+        base | {"path": "fast", "recompute": "off", "error": "out of memory"},
+        base | {"path": "fast", "recompute": "on", "median_s": 3.0, "peak_gib": 1.0},
+    ]
+    benchmark.compare_recompute(rows)
+    assert rows[1]["time_vs_off"] == pytest.approx(1.2) and rows[1]["peak_vs_off"] == pytest.approx(0.25)
+    assert "time_vs_off" not in rows[0] and "time_vs_off" not in rows[3]  # nothing to compare with
+    table = benchmark.format_table(rows, official=False).get_string()
+    assert "1.20" in table and "0.25" in table and "out of memory" in table
+
+
 def test_presets_and_errors() -> None:
     cpu = torch.device("cpu")
     assert [c.name for c in benchmark.select_configs("", "", cpu)] == ["cpu-infer", "cpu-train"]
+    recipes = benchmark.select_configs("train-memory", "", cpu)
+    assert [(c.name, c.B, c.S, c.N, c.H, c.W, c.iters, c.train) for c in recipes] == [
+        ("official-B1", 1, 36, 128, 256, 384, 6, True),
+        ("official-B4", 4, 36, 128, 256, 384, 6, True),
+        ("finetune", 1, 64, 128, 512, 896, 6, True),
+    ]
     official = benchmark.select_configs("official", "eval-window", cpu)
     assert official == (Config("eval-window", 1, 128, 256, 512, 896, 16, False, 0.696, 69.9, 28.3),)
     with pytest.raises(ValueError, match="unknown preset 'h200'"):
@@ -93,6 +148,8 @@ def test_presets_and_errors() -> None:
         benchmark.select_configs("official", "demo,eval", cpu)
     with pytest.raises(ValueError, match="paths must name exact and/or fast, got 'exact,slow'"):
         benchmark.main(paths="exact,slow", device="cpu")
+    with pytest.raises(ValueError, match="recompute must name off and/or on, got 'yes'"):
+        benchmark.main(recompute="yes", device="cpu")
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak RSS only")
