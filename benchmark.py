@@ -36,7 +36,7 @@ from datasets.synthetic import SyntheticClips
 from nets import corr_triton
 from nets.losses import sequence_loss
 from nets.pips2 import Pips
-from utils import checkpoint
+from tracking.predictor import build_model
 from utils.cli import explain_flags
 from utils.dist import pick_device
 from utils.metrics import compute_pips_metrics
@@ -105,7 +105,7 @@ def make_step(model: Pips, cfg: Config, inputs: dict[str, torch.Tensor]) -> Call
 
     def train_step() -> None:
         out = model(inputs["trajs_e0"], inputs["rgbs"], iters=cfg.iters)
-        sequence_loss(out.coords[:-1], inputs["trajs_g"], inputs["valids"]).backward()
+        sequence_loss(out.preds, inputs["trajs_g"], inputs["valids"]).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -186,9 +186,9 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
 
 
-def build_model(device: torch.device, seed: int, fast: bool, dtype: torch.dtype, compile_parts: bool) -> Pips:
+def timed_model(device: torch.device, seed: int, fast: bool, dtype: torch.dtype, compile_parts: bool) -> Pips:
     torch.manual_seed(seed)
-    model = Pips().to(device).set_fast(fast, dtype)
+    model = build_model(None, device, fast=False).set_fast(fast, dtype)
     if fast and compile_parts:
         model.compile_parts()
     return model
@@ -200,7 +200,7 @@ def run_config(
 ) -> list[dict]:  # fmt: skip
     inputs = make_inputs(cfg, device, seed)
     dtype = fast_dtype(precision, cfg.train)
-    flops = count_flops(make_step(build_model(device, seed, False, dtype, False), cfg, inputs))
+    flops = count_flops(make_step(timed_model(device, seed, False, dtype, False), cfg, inputs))
     rows = []
     for path in paths:
         row = {**asdict(cfg), "path": path, "flops": flops}
@@ -208,7 +208,7 @@ def run_config(
         if device.type != "cuda":
             row = {k: v for k, v in row.items() if not k.startswith("official")}
         try:
-            step = make_step(build_model(device, seed, path == "fast", dtype, compile), cfg, inputs)
+            step = make_step(timed_model(device, seed, path == "fast", dtype, compile), cfg, inputs)
             baseline = _reset_peak(device)
             times = time_step(step, device, warmup, repeats)
             row["peak_gib"] = _read_peak_gib(device, baseline)
@@ -236,8 +236,7 @@ def measure_agreement(
     exact and the fast path (autocast to `dtype`); the per-point distance between the two paths' tracks
     (pixels, frames 1..S-1) and each d_avg."""
     S, N, H, W, iters = shape
-    model = Pips().to(device).eval()
-    checkpoint.load(ckpt, model)
+    model = build_model(ckpt, device, fast=False)
     data = SyntheticClips(S, N, (H, W), length=clips, seed=AGREE_SEED + seed)
     dists, d_avg = [], {"exact": [], "fast": []}
     for i in tqdm(range(clips), desc="agreement"):
@@ -246,7 +245,7 @@ def measure_agreement(
         tracks = {}
         for path in ("exact", "fast"):
             model.set_fast(path == "fast", dtype)
-            tracks[path] = model(trajs_e0, rgbs.float(), iters=iters).coords[-1]
+            tracks[path] = model(trajs_e0, rgbs.float(), iters=iters).tracks
             d_avg[path].append(compute_pips_metrics(tracks[path], trajs_g, valids, H, W)["d_avg"])
         dists.append((tracks["fast"] - tracks["exact"])[:, 1:].norm(dim=-1).flatten().cpu())
     dist = torch.cat(dists).double()

@@ -1,6 +1,7 @@
 """The typed training/evaluation clip that every reader returns."""
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -54,3 +55,25 @@ def collate_clips(samples: list[ClipSample]) -> ClipBatch:
     return ClipBatch(
         *(torch.from_numpy(np.stack([getattr(s, k) for s in samples])) for k in ClipBatch._fields)
     )
+
+
+class UnreadableSequence(ValueError):
+    """A sequence or clip whose files turned out unreadable when it was read; the message names the file.
+    Long jobs skip it with a warning and count it."""
+
+
+@dataclass
+class EvalSequence:
+    """One whole evaluation video and its ground truth, in the pixels of its own frames (every evaluation
+    reader gives these). Coordinates are x then y, pixel centres at integers."""
+
+    name: str
+    frames: np.ndarray | list[Path]  # T,H,W,3 uint8 RGB in memory, or T image files read when needed
+    image_hw: tuple[int, int]  # H,W of the frames
+    trajs: np.ndarray  # T,N,2 float32, x,y pixels
+    visibs: np.ndarray  # T,N float32, 1 = visible
+    valids: np.ndarray  # T,N float32, 1 = where the metrics count; the points valid at frame 0 are queried
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nets.api import PipsTracker
 from nets.pips2 import Pips
+from tracking import PipsTracker
 from utils.video import read_frames, write_video
 
 FIXTURE = Path(__file__).parent / "fixtures" / "api_tracks.npz"
