@@ -8,7 +8,6 @@ import fire
 
 from datasets.crohd import CroHD
 from tracking.evaluate import EvalProtocol, check_image_size, evaluate_and_report
-from tracking.predictor import build_model
 from utils.cli import explain_flags
 
 
@@ -31,11 +30,7 @@ def main(
 ) -> None:
     config = dict(locals())
     protocol = EvalProtocol(check_image_size(image_size), resize="cv2", S=S, iters=iters)
-    model = build_model(None if random_weights else init_dir, device, fast=fast, log=print)
-    dataset = CroHD(dataset_location, S=clip_len, S_min=min_clip_len)
-    evaluate_and_report(
-        model, dataset, protocol, num_videos=max_videos, log_dir=log_dir, log_gifs=log_gifs, config=config
-    )
+    evaluate_and_report(CroHD(dataset_location, S=clip_len, S_min=min_clip_len), protocol, config)
 
 
 if __name__ == "__main__":

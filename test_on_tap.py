@@ -27,7 +27,6 @@ from tracking.evaluate import (
     scale_tracks,
 )
 from tracking.frames import Frames
-from tracking.predictor import build_model
 from utils.cli import explain_flags
 from utils.metrics import (
     TAPVID_QUERY_MODES,
@@ -110,11 +109,7 @@ def main(
         raise ValueError(f"query_modes must be among {TAPVID_QUERY_MODES}, got {query_modes!r}")
     extra = tapvid_extra(modes, size, S, iters) if modes else None
     protocol = EvalProtocol(size, resize="bilinear", S=S, iters=iters, extra=extra)
-    model = build_model(None if random_weights else init_dir, device, fast=fast, log=print)
-    dataset = TapVidDavis(dataset_location)
-    evaluate_and_report(
-        model, dataset, protocol, num_videos=max_videos, log_dir=log_dir, log_gifs=log_gifs, config=config
-    )
+    evaluate_and_report(TapVidDavis(dataset_location), protocol, config)
 
 
 if __name__ == "__main__":

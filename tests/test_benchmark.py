@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tqdm import tqdm
 
 import benchmark
 from benchmark import Config
@@ -139,3 +140,19 @@ def test_agreement_compares_the_paths_on_saved_weights(tmp_path: Path) -> None:
 def test_agreement_names_a_missing_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere"):
         benchmark.main(agree_ckpt=str(tmp_path / "nowhere"), out=str(tmp_path / "a.json"))
+
+
+def test_video_rows_decode_each_frame_once(tmp_path: Path) -> None:
+    with tqdm(total=4, disable=True) as progress:
+        rows = benchmark.run_videos([12, 30], torch.device("cpu"), 0, progress)
+    assert [(r["frames"], r["queries_at"]) for r in rows] == [
+        (12, "last"),
+        (12, "first"),
+        (30, "last"),
+        (30, "first"),
+    ]
+    for r in rows:
+        assert r["tracked_frames"] == r["frames"] and r["decodes_per_frame"] == 1.0
+        assert r["ms_per_frame"] == pytest.approx(1000 * r["seconds"] / r["frames"])
+    table = benchmark.videos_table(rows).get_string()
+    assert "decodes/frame" in table and "1.000" in table

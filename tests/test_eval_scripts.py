@@ -136,6 +136,8 @@ def test_on_pod_end_to_end(tmp_path: Path) -> None:
 
 
 def test_missing_checkpoint_is_one_clear_line(tmp_path: Path) -> None:
+    scene = make_scene(8, 96, 128, np.random.default_rng(0), num_points=64)
+    write_sequence(scene, tmp_path / "test" / "scene_0000")
     missing = tmp_path / "no_model_here"
     proc = subprocess.run(
         [sys.executable, "test_on_pod.py", "--init_dir", str(missing), "--dataset_location", str(tmp_path)],

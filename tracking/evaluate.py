@@ -25,7 +25,7 @@ from datasets.sample import EvalSequence, UnreadableSequence
 from nets.pips2 import Pips
 from nets.tracker import WindowModel, track_from_first_frame
 from tracking.frames import Frames, open_frames
-from tracking.predictor import Float16Guard
+from tracking.predictor import Float16Guard, build_model
 from utils.logger import Logger, RunningMeans
 from utils.metrics import compute_pips_metrics
 from utils.vis import draw_text, draw_tracks, draw_trajs_on_image
@@ -248,27 +248,23 @@ def write_results(path: str | Path, config: dict[str, Any], results: EvalResults
     return path
 
 
-def evaluate_and_report(
-    model: Pips,
-    dataset: EvalDataset,
-    protocol: EvalProtocol,
-    *,
-    num_videos: int | None,
-    log_dir: str | Path,
-    log_gifs: bool,
-    config: dict[str, Any],
-) -> EvalResults:
-    """evaluate_dataset with TensorBoard logs in log_dir, then the table of means on stdout and
-    log_dir/results.json (config, mean, skipped sequences, per-video rows)."""
+def evaluate_and_report(dataset: EvalDataset, protocol: EvalProtocol, config: dict[str, Any]) -> EvalResults:
+    """What an evaluation script does with its flags `config` (init_dir, random_weights, device, fast,
+    max_videos, log_dir, log_gifs): build the model for inference, evaluate_dataset with TensorBoard logs in
+    log_dir, then print the table of means and write log_dir/results.json (config, mean, skipped sequences,
+    per-video rows)."""
+    checkpoint = None if config["random_weights"] else config["init_dir"]
+    model = build_model(checkpoint, config["device"], fast=config["fast"], log=tqdm.write)
+    log_dir = Path(config["log_dir"])
     log = Logger(log_dir)
     try:
         results = evaluate_dataset(
-            model, dataset, protocol, num_videos=num_videos, log=log, log_gifs=log_gifs
+            model, dataset, protocol, num_videos=config["max_videos"], log=log, log_gifs=config["log_gifs"]
         )
     finally:
         log.close()
     tqdm.write(results_table(results))
     for line in results.skipped:
         tqdm.write(f"skipped: {line}")
-    tqdm.write(f"results: {write_results(Path(log_dir) / 'results.json', config, results)}")
+    tqdm.write(f"results: {write_results(log_dir / 'results.json', config, results)}")
     return results

@@ -219,6 +219,8 @@ class VideoWriter:
             encode = ["-vf", _GIF_FILTER, "-loop", "0"]
         else:
             encode = ["-c:v", "libx264", "-crf", str(self.crf), "-pix_fmt", "yuv420p"]
+            if self.format in ("mp4", "mov"):  # index first: players start at once, a cut-off copy opens
+                encode += ["-movflags", "+faststart"]
         return [
             imageio_ffmpeg.get_ffmpeg_exe(),
             *("-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24"),
