@@ -54,7 +54,7 @@ def tapvid_metrics(
         return {f"{prefix}delta_avg": float("nan"), **out}
     device = frames.device
     txy = torch.from_numpy(queries.query_points[..., [0, 2, 1]]).to(device)  # 1,Q,3 as (t,x,y)
-    pred = track(model, frames, txy, S=S, iters=iters).float().cpu().numpy()  # 1,T,Q,2
+    pred = track(model, frames, txy, S=S, iters=iters).tracks.float().cpu().numpy()  # 1,T,Q,2
     pred_tracks = scale_tracks(pred.transpose(0, 2, 1, 3), size, TAPVID_SIZE)  # 1,Q,T,2
     scores = compute_tapvid_metrics(
         queries.query_points,

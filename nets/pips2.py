@@ -26,6 +26,8 @@ class PipsOutput(NamedTuple):
     preds: list[torch.Tensor]  # iters x B,S,N,2 per-iteration predictions (frame 0 not locked), for the loss
     feats: Feats  # (feats1, feats2, feats4), each B,S,N,C: the templates that chain the next window
     coords_anim: list[torch.Tensor]  # iters+2 x B,S,N,2: the initial tracks, each iteration locked, tracks
+    vis: torch.Tensor | None = None  # B,S,N visibility logits (with the visibility head, else None)
+    conf: torch.Tensor | None = None  # B,S,N confidence logits: is the track within a few pixels?
 
 
 def frames_to_rgbs(frames: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ image folders) live in tracking/frames.py.
 """
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -33,6 +33,21 @@ class WindowModel(Protocol):
     def __call__(
         self, trajs_e0: torch.Tensor, rgbs: torch.Tensor, iters: int, feat_init: Feats | None
     ) -> PipsOutput: ...
+
+
+class Tracks(NamedTuple):
+    """What tracking a video gives: positions, and the visibility head's logits where the model has one."""
+
+    tracks: torch.Tensor  # B,T,N,2 pixels
+    vis: torch.Tensor | None = None  # B,T,N visibility logits
+    conf: torch.Tensor | None = None  # B,T,N confidence logits
+
+    def flip(self) -> "Tracks":
+        """The same in reversed time."""
+        return Tracks(*(None if x is None else x.flip(1) for x in self))
+
+    def frames(self, start: int, end: int | None = None) -> "Tracks":
+        return Tracks(*(None if x is None else x[:, start:end] for x in self))
 
 
 class _ReversedFrames:
@@ -68,7 +83,7 @@ def track_from_first_frame(
     S: int = 128,
     iters: int = 16,
     progress: Progress | None = None,
-) -> torch.Tensor:
+) -> Tracks:
     """Track points given at frame 0 of `source` through all its frames (the official chaining).
 
     Windows of S frames overlap by one frame; the last window is shifted back to end at the last frame.
@@ -79,12 +94,14 @@ def track_from_first_frame(
         xy: B,N,2 query positions (x, y pixels of the source's frames) at frame 0.
         progress: called with the number of new frames covered after each window.
     Returns:
-        B,T,N,2 tracks in pixels, T = the frames the source turned out to hold.
+        Tracks: B,T,N,2 positions in pixels (and B,T,N logits where the model has a visibility head),
+        T = the frames the source turned out to hold.
     """
     if S < 2:
         raise ValueError(f"window length S must be at least 2, got {S}")
     T = source.num_frames
     trajs = xy[:, None].repeat(1, T, 1, 1).float()  # B,T,N,2 zero-velocity init
+    logits: dict[str, torch.Tensor] = {}  # vis, conf: B,T,N each
     cur, done, feat_init = 0, 1, None
     while T >= 2:
         end = cur + S
@@ -94,10 +111,15 @@ def track_from_first_frame(
         if rgbs.shape[1] < end - cur:  # the video ended early: lay the windows out again over what exists
             T = source.num_frames
             trajs = trajs[:, :T]
+            logits = {k: v[:, :T] for k, v in logits.items()}
             continue
         out = model(trajs[:, cur:end], rgbs, iters=iters, feat_init=feat_init)
         trajs[:, cur:end] = out.tracks.to(trajs.device)
         trajs[:, end:] = trajs[:, end - 1 : end]
+        for name in ("vis", "conf"):
+            value = getattr(out, name)
+            if value is not None:
+                logits.setdefault(name, trajs.new_zeros(trajs.shape[:3]))[:, cur:end] = value.to(trajs.device)
         feat_init = out.feats
         if progress is not None and end > done:
             progress(end - done)
@@ -105,7 +127,7 @@ def track_from_first_frame(
         if end >= T:
             break
         cur += S - 1
-    return trajs
+    return Tracks(trajs, logits.get("vis"), logits.get("conf"))
 
 
 @torch.no_grad()
@@ -116,7 +138,7 @@ def track(
     S: int = 128,
     iters: int = 16,
     progress: Progress | None = None,
-) -> torch.Tensor:
+) -> Tracks:
     """Track query points that may start at any frame, forward and backward in time.
 
     Query frames are taken in increasing order; each is one forward pass (to the last frame) and, after
@@ -127,19 +149,18 @@ def track(
         progress: called with the number of newly tracked frames after each window of either pass, so the
             total over a call is (T - 1) * (number of distinct query frames).
     Returns:
-        B,T,N,2 tracks; at each query's own frame the track equals the query position.
+        Tracks: B,T,N,2 positions (and B,T,N logits with a visibility head); at each query's own frame the
+        track equals the query position.
     """
     B, N, _ = queries.shape
     T = source.num_frames
     t_q = queries[..., 0].round().long()  # B,N
     if (t_q < 0).any() or (t_q >= T).any():
         raise ValueError(f"query frames must lie in [0, {T - 1}], got {t_q.min().item()}..{t_q.max().item()}")
-    tracks = queries.new_zeros(B, T, N, 2, dtype=torch.float32)
+    result: list[torch.Tensor | None] | None = None  # tracks B,T,N,2, vis and conf B,T,N
     for t in t_q.unique().tolist():
         if t >= source.num_frames:
-            raise ValueError(
-                f"a query at frame {t} lies past the {source.num_frames} frames that could be read"
-            )
+            raise ValueError(f"a query at frame {t} lies past the {source.num_frames} readable frames")
         mask = t_q == t  # B,N
         count = mask.sum(1)  # B
         n = int(count.max())
@@ -148,10 +169,19 @@ def track(
         keep = torch.arange(n, device=queries.device)[None] < count[:, None]  # B,n
         order = torch.where(keep, order, order[:, :1])
         xy = torch.gather(queries[..., 1:], 1, order[..., None].expand(B, n, 2))  # B,n,2
-        fwd = track_from_first_frame(model, _ShiftedFrames(source, t), xy, S, iters, progress)  # B,T-t,n,2
-        back = track_from_first_frame(model, _ReversedFrames(source, t), xy, S, iters, progress)  # B,t+1,n,2
-        seg = torch.cat([torch.flip(back, [1]), fwd[:, 1:]], dim=1)  # B,T',n,2
-        tracks = tracks[:, : seg.shape[1]]  # a video that ended early keeps the frames that exist
+        fwd = track_from_first_frame(model, _ShiftedFrames(source, t), xy, S, iters, progress)  # B,T-t,n,..
+        back = track_from_first_frame(model, _ReversedFrames(source, t), xy, S, iters, progress)  # B,t+1,n,..
         b_idx, j_idx = keep.nonzero(as_tuple=True)
-        tracks[b_idx, :, order[b_idx, j_idx]] = seg[b_idx, :, j_idx].to(tracks.device)
-    return tracks
+        for i, (before, after) in enumerate(zip(back.flip(), fwd.frames(1), strict=True)):
+            if before is None:
+                continue
+            seg = torch.cat([before, after], dim=1)  # B,T',n,...
+            if result is None:
+                result = [None, None, None]
+            if result[i] is None:
+                result[i] = seg.new_zeros(B, seg.shape[1], N, *seg.shape[3:])
+            result[i] = result[i][:, : seg.shape[1]]  # a video that ended early keeps the frames that exist
+            result[i][b_idx, :, order[b_idx, j_idx]] = seg[b_idx, :, j_idx]
+    if result is None:  # no query
+        return Tracks(queries.new_zeros(B, T, 0, 2))
+    return Tracks(*result)

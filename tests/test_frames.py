@@ -114,7 +114,7 @@ def test_tracking_a_cut_off_video_from_frame_0_ends_with_its_last_decoded_frame(
         )
 
     with VideoFileFrames(tmp_path / "cut.mp4") as source:  # no cache: the last window is laid out again
-        tracks = track_from_first_frame(still, source, torch.zeros(1, 2, 2), S=8, iters=1)
+        tracks = track_from_first_frame(still, source, torch.zeros(1, 2, 2), S=8, iters=1).tracks
     assert tracks.shape[1] == decodable == source.num_frames
 
 

@@ -48,7 +48,7 @@ def clock_video(B: int, T: int) -> torch.Tensor:
 def test_windows_overlap_by_one_and_last_is_shifted_back(T: int, S: int, starts: list[int]) -> None:
     model = ClockModel()
     xy = torch.tensor([[[5.0, 2.0]]])
-    out = track_from_first_frame(model, TensorFrames(clock_video(1, T)), xy, S=S, iters=1)
+    out = track_from_first_frame(model, TensorFrames(clock_video(1, T)), xy, S=S, iters=1).tracks
     assert [c[0] for c in model.calls] == starts
     assert [c[1] for c in model.calls] == [False] + [True] * (len(starts) - 1)
     torch.testing.assert_close(out[0, :, 0, 0], 5.0 + torch.arange(T, dtype=torch.float32))
@@ -62,7 +62,7 @@ def test_queries_at_middle_frames_are_tracked_backward_and_forward() -> None:
             [[6.0, 30.0, 4.0], [6.0, 31.0, 5.0], [2.0, 7.0, 7.0]],
         ]
     )
-    tracks = track(ClockModel(), TensorFrames(clock_video(2, T)), queries, S=5, iters=1)
+    tracks = track(ClockModel(), TensorFrames(clock_video(2, T)), queries, S=5, iters=1).tracks
     assert tracks.shape == (2, T, 3, 2)
     t = torch.arange(T, dtype=torch.float32)
     for b in range(2):
@@ -82,7 +82,7 @@ def test_single_window_equals_one_model_call() -> None:
     model = Pips().eval()
     video = torch.rand(1, 6, 3, 64, 64) * 255
     xy = torch.rand(1, 5, 2) * 63
-    tracks = track_from_first_frame(model, TensorFrames(video), xy, S=8, iters=2)
+    tracks = track_from_first_frame(model, TensorFrames(video), xy, S=8, iters=2).tracks
     with torch.no_grad():
         direct = model(xy[:, None].repeat(1, 6, 1, 1), video, iters=2).tracks
     torch.testing.assert_close(tracks, direct)
@@ -91,14 +91,16 @@ def test_single_window_equals_one_model_call() -> None:
 def test_a_video_that_ends_early_is_tracked_through_the_frames_it_has() -> None:
     model = ClockModel()
     source = TensorFrames(clock_video(1, 20), ends_at=13)
-    out = track_from_first_frame(model, source, torch.tensor([[[5.0, 2.0]]]), S=6, iters=1)
+    out = track_from_first_frame(model, source, torch.tensor([[[5.0, 2.0]]]), S=6, iters=1).tracks
     assert out.shape == (1, 13, 1, 2)
     assert [c[0] for c in model.calls] == [0, 5, 7]  # the last window is laid out again to end at 13
     torch.testing.assert_close(out[0, :, 0, 0], 5.0 + torch.arange(13, dtype=torch.float32))
     queries = torch.tensor([[[0.0, 1.0, 1.0], [16.0, 2.0, 2.0]]])
-    with pytest.raises(ValueError, match="a query at frame 16 lies past the 13 frames that could be read"):
+    with pytest.raises(ValueError, match="a query at frame 16 lies past the 13 readable frames"):
         track(ClockModel(), TensorFrames(clock_video(1, 20), ends_at=13), queries, S=6, iters=1)
-    tracks = track(ClockModel(), TensorFrames(clock_video(1, 20), ends_at=13), queries[:, :1], S=6, iters=1)
+    tracks = track(
+        ClockModel(), TensorFrames(clock_video(1, 20), ends_at=13), queries[:, :1], S=6, iters=1
+    ).tracks
     assert tracks.shape == (1, 13, 1, 2)
 
 

@@ -130,7 +130,9 @@ def evaluate_sequence(
         with tqdm(total=T, desc=seq.name, unit="frame", leave=False) as bar:
             bar.update(1)  # frame 0 holds the queries
             began = time.perf_counter()
-            trajs_e = track_from_first_frame(guarded, frames, xy, protocol.S, protocol.iters, bar.update)
+            trajs_e = track_from_first_frame(
+                guarded, frames, xy, protocol.S, protocol.iters, bar.update
+            ).tracks
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             total = time.perf_counter() - began

@@ -206,7 +206,7 @@ class PipsTracker:
             scale = torch.tensor([self.image_size[1] / W, self.image_size[0] / H])  # 2, x then y
             q_model = torch.cat([q[:, :1], q[:, 1:] * scale], dim=-1).to(self.device)  # N,3
             guarded = Float16Guard(self.model)
-            tracks = track(guarded, source, q_model[None], self.S, self.iters, progress)  # 1,T,N,2
+            tracks = track(guarded, source, q_model[None], self.S, self.iters, progress).tracks  # 1,T,N,2
         tracks = tracks[0].float().cpu() / scale  # T,N,2
         if isinstance(video, torch.Tensor):
             return tracks.to(video.device)
