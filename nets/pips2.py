@@ -57,11 +57,25 @@ def _ieee_float32(device: torch.device) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
+VIS_HEAD_PREFIX = "vis_head."  # the parameters of the optional visibility head
+
+
 class Pips(nn.Module):
-    """PIPs++ with the official parameter names, so the published checkpoint loads with strict=True."""
+    """PIPs++ with the official parameter names, so the published checkpoint loads with strict=True.
+
+    With vis_head=True a small delta block (prefix vis_head.*) reads the correlations at the final tracks
+    and their motion, and gives per frame and point a visibility logit and a confidence logit (is the track
+    within a few pixels?). It runs after the refinement, so the tracks are those of the same backbone
+    without it.
+    """
 
     def __init__(
-        self, stride: int = 8, latent_dim: int = 128, corr_levels: int = 4, corr_radius: int = 3
+        self,
+        stride: int = 8,
+        latent_dim: int = 128,
+        corr_levels: int = 4,
+        corr_radius: int = 3,
+        vis_head: bool = False,
     ) -> None:
         super().__init__()
         self.stride = stride
@@ -72,6 +86,11 @@ class Pips(nn.Module):
         self.delta_block = DeltaBlock(latent_dim, corr_levels, corr_radius)
         # present in the official checkpoint, unused by its forward; kept so strict loading works both ways
         self.norm = nn.GroupNorm(1, latent_dim)
+        self.vis_head = (
+            DeltaBlock(latent_dim, corr_levels, corr_radius, base_filters=64, num_blocks=4)
+            if vis_head
+            else None
+        )
         self.fast = False
         self.fast_dtype = torch.float32
 
@@ -212,18 +231,29 @@ class Pips(nn.Module):
             coords = torch.cat([coords0[:, None], coords[:, 1:]], dim=1)  # lock frame 0
             coords_anim.append(coords * self.stride)
         tracks = coords * self.stride  # B,S,N,2
-        return PipsOutput(tracks, preds, (feats1, feats2, feats4), [*coords_anim, tracks])
+        vis = conf = None
+        if self.vis_head is not None:
+            coords = coords.detach()
+            fcorrs = corr.sample_concat((feats1, feats2, feats4), coords)  # B,S,N,3LRR at the final tracks
+            vis, conf = self._run_block(self.vis_head, fcorrs, coords, dtype).unbind(-1)  # B,S,N each
+        return PipsOutput(tracks, preds, (feats1, feats2, feats4), [*coords_anim, tracks], vis, conf)
 
     def predict_delta(
         self, fcorrs: torch.Tensor, coords: torch.Tensor, dtype: torch.dtype | None = None
     ) -> torch.Tensor:
         """Delta block on correlations B,S,N,3LRR and the flows of coords B,S,N,2 -> float32 B,S,N,2 updates
         (feature pixels); `dtype` is the fast path's autocast dtype (None = the model's)."""
+        return self._run_block(self.delta_block, fcorrs, coords, dtype or self.fast_dtype)
+
+    def _run_block(
+        self, block: DeltaBlock, fcorrs: torch.Tensor, coords: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """A delta block over each track's time axis -> float32 B,S,N,2."""
         B = coords.shape[0]
         flows = coords[:, 1:] - coords[:, :-1]  # B,S-1,N,2
         flows = torch.cat([flows, flows[:, -1:]], dim=1)  # B,S,N,2
-        with self._precision(coords.device, True, dtype or self.fast_dtype):
-            delta = self.delta_block(
+        with self._precision(coords.device, True, dtype):
+            out = block(
                 rearrange(fcorrs, "b s n c -> (b n) s c"), rearrange(flows, "b s n c -> (b n) s c")
             )  # BN,S,2
-        return rearrange(delta.float(), "(b n) s c -> b s n c", b=B)  # B,S,N,2
+        return rearrange(out.float(), "(b n) s c -> b s n c", b=B)  # B,S,N,2
