@@ -4,8 +4,8 @@
    resized to image_size; d_avg, survival_16 and median_l2 on the visible frames.
 2. The TAP-Vid benchmark: queries at each point's first visible frame ('first') or at every 5th frame
    where it is visible ('strided'), tracked forward and backward at image_size, scored in the 256x256
-   TAP-Vid space. <delta_avg is reported; AJ and OA need a visibility estimate, which PIPs++ does not
-   make, so they are n/a (null in the JSON).
+   TAP-Vid space. <delta_avg is reported, and with a visibility head (Pips(vis_head=True)) AJ and OA
+   too; without one they are n/a (null in the JSON).
 """
 
 import sys
@@ -43,7 +43,8 @@ def tapvid_metrics(
     model: WindowModel, frames: Frames, size: tuple[int, int], seq: EvalSequence, mode: str, S: int,
     iters: int,
 ) -> Metrics:  # fmt: skip
-    """TAP-Vid metrics of one video in one query mode, in percent; AJ and OA are None."""
+    """TAP-Vid metrics of one video in one query mode, in percent. AJ and OA need the visibility head's
+    estimate (occluded where its probability of visible is below 0.5); without it they are None."""
     gt_tracks = scale_tracks(seq.trajs, seq.image_hw, size).transpose(1, 0, 2)  # N,T,2
     gt_occluded = seq.visibs.T == 0  # N,T
     sample = sample_queries_first if mode == "first" else sample_queries_strided
@@ -54,16 +55,24 @@ def tapvid_metrics(
         return {f"{prefix}delta_avg": float("nan"), **out}
     device = frames.device
     txy = torch.from_numpy(queries.query_points[..., [0, 2, 1]]).to(device)  # 1,Q,3 as (t,x,y)
-    pred = track(model, frames, txy, S=S, iters=iters).tracks.float().cpu().numpy()  # 1,T,Q,2
+    result = track(model, frames, txy, S=S, iters=iters)
+    pred = result.tracks.float().cpu().numpy()  # 1,T,Q,2
     pred_tracks = scale_tracks(pred.transpose(0, 2, 1, 3), size, TAPVID_SIZE)  # 1,Q,T,2
+    if result.vis is None:
+        pred_occluded = np.zeros_like(queries.gt_occluded)
+    else:
+        pred_occluded = (result.vis < 0).cpu().numpy().transpose(0, 2, 1)  # 1,Q,T: sigmoid below 0.5
     scores = compute_tapvid_metrics(
         queries.query_points,
         queries.gt_occluded,
         scale_tracks(queries.gt_tracks, size, TAPVID_SIZE),
-        np.zeros_like(queries.gt_occluded),
+        pred_occluded,
         pred_tracks,
         query_mode=mode,
     )
+    if result.vis is not None:
+        out[f"{prefix}average_jaccard"] = float(scores["average_jaccard"][0]) * 100
+        out[f"{prefix}occlusion_accuracy"] = float(scores["occlusion_accuracy"][0]) * 100
     out[f"{prefix}delta_avg"] = float(scores["average_pts_within_thresh"][0]) * 100
     for thr in TAPVID_THRESHOLDS:
         out[f"{prefix}pts_within_{thr}"] = float(scores[f"pts_within_{thr}"][0]) * 100

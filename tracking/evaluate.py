@@ -23,11 +23,11 @@ from tqdm import tqdm
 
 from datasets.sample import EvalSequence, UnreadableSequence
 from nets.pips2 import Pips
-from nets.tracker import WindowModel, track_from_first_frame
+from nets.tracker import Tracks, WindowModel, track_from_first_frame
 from tracking.frames import Frames, open_frames
 from tracking.predictor import Float16Guard, build_model
 from utils.logger import Logger, RunningMeans
-from utils.metrics import compute_pips_metrics
+from utils.metrics import compute_pips_metrics, occlusion_accuracy
 from utils.vis import draw_text, draw_tracks, draw_trajs_on_image
 
 logger = logging.getLogger(__name__)
@@ -116,13 +116,16 @@ def evaluate_sequence(
     """Track one sequence from its points valid at frame 0 and score it -> (result row, trajs_e T,N',2).
 
     The row holds name, num_frames, num_points, rtime (seconds reading frames), itime (seconds in the
-    model), the PIPs++ metrics at the evaluated resolution, then the protocol's extra metrics.
+    model), the PIPs++ metrics at the evaluated resolution, d_avg_visible and d_avg_occluded (the same
+    d_avg over the frames where the point is visible, or occluded; None where there are none), with a
+    visibility head the occlusion_accuracy, then the protocol's extra metrics.
     """
     device = next(model.parameters()).device
     size = protocol.image_size
     keep = seq.valids[0] > 0  # N
     trajs_g = scale_tracks(seq.trajs[:, keep], seq.image_hw, size)  # T,N',2
     valids = np.asarray(seq.valids[:, keep], np.float32)  # T,N'
+    visibs = np.asarray(seq.visibs[:, keep], np.float32)  # T,N'
     guarded = Float16Guard(model)
     with open_frames(seq.frames, size, device, resize=protocol.resize) as frames:
         T = frames.num_frames
@@ -130,22 +133,38 @@ def evaluate_sequence(
         with tqdm(total=T, desc=seq.name, unit="frame", leave=False) as bar:
             bar.update(1)  # frame 0 holds the queries
             began = time.perf_counter()
-            trajs_e = track_from_first_frame(
-                guarded, frames, xy, protocol.S, protocol.iters, bar.update
-            ).tracks
+            out = track_from_first_frame(guarded, frames, xy, protocol.S, protocol.iters, bar.update)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             total = time.perf_counter() - began
         row: dict[str, Any] = {"name": seq.name, "num_frames": T, "num_points": int(keep.sum())}
         row |= {"rtime": frames.read_seconds, "itime": total - frames.read_seconds}
-        row |= compute_pips_metrics(trajs_e, torch.from_numpy(trajs_g)[None], torch.from_numpy(valids)[None],
-                                    *size)  # fmt: skip
+        row |= visibility_metrics(out, trajs_g, visibs, valids, size)
         if protocol.extra is not None:
             row |= protocol.extra(guarded, frames, seq)
-        trajs_e = trajs_e[0].cpu().numpy()  # T,N',2
+        trajs_e = out.tracks[0].cpu().numpy()  # T,N',2
         if log_visuals is not None:
             log_visuals(frames, trajs_g, valids, trajs_e, row["d_avg"])
     return row, trajs_e
+
+
+def visibility_metrics(
+    out: Tracks, trajs_g: np.ndarray, visibs: np.ndarray, valids: np.ndarray, size: tuple[int, int]
+) -> Metrics:
+    """PIPs++ metrics of tracks (1,T,N,2) against ground truth (T,N,...) at `size`, d_avg over the visible and
+    over the occluded frames, and the occlusion accuracy where the model estimates visibility."""
+    gt = torch.from_numpy(trajs_g)[None]  # 1,T,N,2
+    metrics: Metrics = compute_pips_metrics(out.tracks, gt, torch.from_numpy(valids)[None], *size)
+    for name, where in (("visible", visibs), ("occluded", 1 - visibs)):
+        mask = torch.from_numpy(valids * where)[None]  # 1,T,N
+        has_any = bool(mask[:, 1:].sum() > 0)
+        metrics[f"d_avg_{name}"] = (
+            compute_pips_metrics(out.tracks, gt, mask, *size)["d_avg"] if has_any else None
+        )
+    if out.vis is not None:
+        visible_e = torch.sigmoid(out.vis.float())
+        metrics["occlusion_accuracy"] = occlusion_accuracy(visible_e, visibs[None], valids[None])
+    return metrics
 
 
 def evaluate_dataset(

@@ -3,6 +3,7 @@
     tracker = PipsTracker.from_checkpoint()             # ./reference_model, best device
     tracks = tracker("video.mp4", grid_size=32)         # T,1024,2
     tracks = tracker(frames, queries=[[0, 120.0, 64.5], [40, 300.0, 200.0]])   # T,2,2
+    result = tracker.predict("video.mp4", grid_size=32)  # .tracks, and .visibility, .confidence (T,N)
 
 Query and track coordinates are x,y pixels of the input video (integers at pixel centres). Frames are
 resized to the model's `image_size` one window at a time and coordinates scaled by W'/W, H'/H on the way
@@ -13,6 +14,7 @@ time grows linearly with the video's length and memory stays flat (tracking/fram
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -118,6 +120,14 @@ def check_queries(queries: np.ndarray | torch.Tensor | Sequence, T: int, H: int,
     return q
 
 
+class Prediction(NamedTuple):
+    """Tracks of a video, in its pixels, with the visibility head's estimates where the model has one."""
+
+    tracks: np.ndarray | torch.Tensor  # T,N,2 x,y pixels
+    visibility: np.ndarray | torch.Tensor | None  # T,N probability that the point is visible (None: no head)
+    confidence: np.ndarray | torch.Tensor | None  # T,N probability that the track is within a few pixels
+
+
 class PipsTracker:
     """PIPs++ as a callable: a video and query points in, tracks T,N,2 in the video's pixels out.
 
@@ -193,7 +203,20 @@ class PipsTracker:
             T,N,2 float32 x,y pixels of the input video: a tensor on the video's device for a tensor
             input, else a numpy array. At its query frame a track equals its query. T is the number of
             frames that could be read (a truncated video file gives fewer than it announces, with a warning).
+            `predict` gives the visibility and confidence too.
         """
+        return self.predict(video, queries, grid_size, max_frames, progress).tracks
+
+    def predict(
+        self,
+        video: Video,
+        queries: np.ndarray | torch.Tensor | Sequence | None = None,
+        grid_size: int | None = None,
+        max_frames: int | None = None,
+        progress: Progress | None = None,
+    ) -> Prediction:
+        """As calling the tracker, with the visibility and confidence of every track at every frame as
+        probabilities T,N where the model has a visibility head (None otherwise)."""
         if (queries is None) == (grid_size is None):
             raise ValueError("give exactly one of queries (N,3 rows of t,x,y) and grid_size")
         with open_frames(video, self.image_size, self.device, max_frames=max_frames) as source:
@@ -205,9 +228,11 @@ class PipsTracker:
             source.cache = bool((q[:, 0] > 0).any())  # backward passes read earlier frames again
             scale = torch.tensor([self.image_size[1] / W, self.image_size[0] / H])  # 2, x then y
             q_model = torch.cat([q[:, :1], q[:, 1:] * scale], dim=-1).to(self.device)  # N,3
-            guarded = Float16Guard(self.model)
-            tracks = track(guarded, source, q_model[None], self.S, self.iters, progress).tracks  # 1,T,N,2
-        tracks = tracks[0].float().cpu() / scale  # T,N,2
+            out = track(Float16Guard(self.model), source, q_model[None], self.S, self.iters, progress)
+        fields = [out.tracks[0].float().cpu() / scale]  # T,N,2
+        fields += [
+            None if x is None else torch.sigmoid(x[0].float()).cpu() for x in (out.vis, out.conf)
+        ]  # T,N
         if isinstance(video, torch.Tensor):
-            return tracks.to(video.device)
-        return tracks.numpy()
+            return Prediction(*(None if x is None else x.to(video.device) for x in fields))
+        return Prediction(*(None if x is None else x.numpy() for x in fields))
