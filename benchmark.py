@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import fire
 import torch
 from prettytable import PrettyTable
 from torch.utils.flop_counter import FlopCounterMode
@@ -37,7 +36,7 @@ from nets import corr_triton
 from nets.losses import sequence_loss
 from nets.pips2 import Pips
 from utils import checkpoint
-from utils.cli import explain_flags
+from utils.cli import explain_flags, run
 from utils.dist import pick_device
 from utils.metrics import compute_pips_metrics
 
@@ -371,4 +370,4 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -11,20 +11,18 @@ Long videos stream through window by window; only the tracks are held for the wh
 
 import io
 import math
-import sys
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import fire
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from nets.api import PipsTracker, check_queries, grid_queries
 from nets.pips2 import Pips
-from utils.cli import explain_flags
+from utils.cli import explain_flags, run
 from utils.dist import pick_device
 from utils.logger import Logger
 from utils.video import VideoWriter, read_video, video_info
@@ -155,7 +153,4 @@ def main(
 
 
 if __name__ == "__main__":
-    try:
-        fire.Fire(main)
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {' '.join(str(err).split())}")
+    run(main)

@@ -17,12 +17,11 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import fire
 from tqdm import tqdm
 
 from datasets.exportdataset import claim_clip, clip_dir, export_version, release_clip, write_clip
 from datasets.pointodyssey import PointOdysseyDataset
-from utils.cli import explain_flags
+from utils.cli import explain_flags, run
 
 CONFIG_FILE = "export_config.json"
 
@@ -152,4 +151,4 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -2,13 +2,10 @@
 head-box centres visible at frames 0 and 1 as queries, frames read window by window and resized to
 image_size, and d_avg, survival_16 and median_l2 at that resolution on the valid frames."""
 
-import sys
-
-import fire
 import torch
 
 from datasets.crohd import CroHD, CroHDClip
-from utils.cli import explain_flags
+from utils.cli import explain_flags, run
 from utils.evaluation import (
     EvalVideo,
     ImageFiles,
@@ -58,7 +55,4 @@ def main(
 
 
 if __name__ == "__main__":
-    try:
-        fire.Fire(main)
-    except FileNotFoundError as err:
-        sys.exit(f"error: {err}")
+    run(main)

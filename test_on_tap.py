@@ -8,17 +8,15 @@
    make, so they are n/a (null in the JSON).
 """
 
-import sys
 from collections.abc import Sequence
 
-import fire
 import numpy as np
 import torch
 
 from datasets.tapvid import TapVidDavis, TapVidVideo
 from nets.pips2 import Pips
 from nets.tracker import FrameSource, ResizedFrames, TensorFrames, track
-from utils.cli import explain_flags
+from utils.cli import explain_flags, run
 from utils.evaluation import (
     EvalVideo,
     Metrics,
@@ -126,7 +124,4 @@ def main(
 
 
 if __name__ == "__main__":
-    try:
-        fire.Fire(main)
-    except FileNotFoundError as err:
-        sys.exit(f"error: {err}")
+    run(main)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import fire
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -27,7 +26,7 @@ from datasets.synthetic import SyntheticClips
 from nets.losses import sequence_loss
 from nets.pips2 import Pips
 from utils import checkpoint, dist
-from utils.cli import explain_flags
+from utils.cli import explain_flags, run
 from utils.logger import Logger, RunningMeans, parameter_table
 from utils.metrics import compute_ate, compute_pips_metrics
 from utils.vis import draw_tracks
@@ -350,4 +349,4 @@ def validate(model, batch: ClipBatch, iters: int, logger: Logger, step: int, log
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)
