@@ -94,7 +94,7 @@ def test_clear_errors_for_missing_or_mismatched_exports(tmp_path):
     with pytest.raises(FileNotFoundError, match="no export folder"):
         ExportDataset(str(tmp_path), VERSION)
     (tmp_path / VERSION).mkdir()
-    with pytest.raises(FileNotFoundError, match="holds no clips"):
+    with pytest.raises(FileNotFoundError, match="holds no complete clips"):
         ExportDataset(str(tmp_path), VERSION)
     (tmp_path / VERSION).rmdir()
     make_export(tmp_path, 1)
@@ -107,25 +107,34 @@ def test_clear_errors_for_missing_or_mismatched_exports(tmp_path):
 
 
 def test_corrupted_clips_are_reported_once_and_replaced(tmp_path, caplog):
-    out_dir = make_export(tmp_path, 4)
+    out_dir = make_export(tmp_path, 5)
     (clip_dir(out_dir, 1) / "rgb.mp4").write_bytes(b"not a video")
     write_video(clip_dir(out_dir, 2) / "rgb.mp4", make_sample(2).rgbs[:3].transpose(0, 2, 3, 1))  # short
-    ds = ExportDataset(str(tmp_path), VERSION, S=S, N=N, crop_size=(H, W))
+    (clip_dir(out_dir, 4) / "track.npz").unlink()  # incomplete: left out at indexing
     seeds = set()
-    with caplog.at_level(logging.WARNING, logger="datasets.exportdataset"):
+    with caplog.at_level(logging.WARNING):
+        ds = ExportDataset(str(tmp_path), VERSION, S=S, N=N, crop_size=(H, W))
         for epoch in range(3):
             ds.set_epoch(epoch)
             for batch in DataLoader(ds, batch_size=2, collate_fn=stack_rgbs):
                 assert batch.shape == (2, S, 3, H, W)
                 assert (batch.reshape(2, -1).max(axis=1) > 0).all()  # never an all-zero placeholder
                 seeds.update(int(round((v - 20) / 10)) for v in batch[:, 0, 2].mean(axis=(1, 2)))
+    assert ds.skipped == [f"clip {clip_dir(out_dir, 4)}: no track.npz"]
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 2, messages
-    assert any("000001" in m and "unreadable rgb.mp4" in m for m in messages)
-    assert any("000002" in m and "short rgb.mp4" in m and "3 frames, expected 6" in m for m in messages)
+    assert len(messages) == 3, messages
+    assert f"skipping 000001: unreadable {clip_dir(out_dir, 1) / 'rgb.mp4'}" in messages[1]
+    assert f"skipping 000002: short {clip_dir(out_dir, 2) / 'rgb.mp4'}: 3 frames, expected 6" in messages[2]
     assert seeds == {0, 3}
-    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=stack_rgbs)
+    assert ds.unreadable.found() == ["000001", "000002"]
+    fresh = ExportDataset(str(tmp_path), VERSION, S=S, N=N, crop_size=(H, W))
+    loader = DataLoader(fresh, batch_size=2, num_workers=2, collate_fn=stack_rgbs)
     assert all((b.reshape(2, -1).max(axis=1) > 0).all() for b in loader)
+    assert fresh.unreadable.found() == ["000001", "000002"]  # found by the workers, seen here
+    for i in (0, 3):
+        (clip_dir(out_dir, i) / "track.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match="no clip can be read"):
+        ExportDataset(str(tmp_path), VERSION, S=S, N=N, crop_size=(H, W))
 
 
 def test_clip_folders_are_written_once_and_locks_exclude(tmp_path):
