@@ -21,7 +21,7 @@ from datasets.exportdataset import (
     release_clip,
     write_clip,
 )
-from datasets.sample import ClipSample
+from datasets.sample import ClipSample, UnreadableMarks
 from utils.video import write_video
 
 S, N, H, W = 6, 10, 32, 48
@@ -247,7 +247,9 @@ def test_export_end_to_end_resumes_and_refuses_other_settings(pod_root, expected
     assert "written 4, skipped 0, failed 0" in capsys.readouterr().out
     export_mp4_dataset.main(**dict(E2E, dataset_location=str(pod_root), out_root=str(tmp_path), max_clips=5))
     assert "written 1, skipped 4, failed 0" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="exported with other settings \\(seed"):
+    with pytest.raises(
+        ValueError, match=f"{out_dir} holds clips of another export \\(seed 3 there, seed 4 now\\)"
+    ):
         export_mp4_dataset.main(**dict(E2E, dataset_location=str(pod_root), out_root=str(tmp_path), seed=4))
     sample = ExportDataset(str(tmp_path), E2E_VERSION, S=8, N=16, crop_size=(64, 96), use_augs=True)[4]
     assert sample.rgbs.shape == (8, 3, 64, 96) and sample.trajs.shape == (8, 16, 2)
@@ -291,6 +293,10 @@ def test_concurrent_exporters_write_each_clip_once(pod_root, expected_tracks, tm
 class FlakySource:
     """Stands in for PointOdysseyDataset: clip 1 has too few valid points, clips 2 and 3 raise."""
 
+    sequences: list = []
+    skipped = ["seq9/anno.npz: not a readable .npz file"]
+    unreadable = UnreadableMarks(["seq7"])
+
     def __len__(self) -> int:
         return 4
 
@@ -309,6 +315,7 @@ def test_export_counts_and_summarises_failures(tmp_path, monkeypatch, capsys):
     export_mp4_dataset.main(**dict(E2E, crop_size=(H, W), dataset_location="unused", out_root=str(tmp_path)))
     out = capsys.readouterr().out
     assert "written 1, skipped 0, failed 3" in out
+    assert "unreadable sequences skipped: 1\n  seq9/anno.npz: not a readable .npz file\n" in out
     assert "failed      2: RuntimeError: item #: unreadable frame" in out
     assert "failed      1: too few valid points" in out
     assert [p.name for p in list_clips(tmp_path / export_version("e2e", 8, 16, (H, W)))] == ["000000"]
