@@ -119,8 +119,9 @@ def _unknown(token: str, names: Sequence[str]) -> UsageError:
 
 def parse_flags(main: Callable, argv: Sequence[str]) -> dict[str, object]:
     """Keyword arguments of `main` from `--name value`, `--name=value`, `-X value` (one-letter names),
-    `--name`/`--noname` for booleans; `-` in names may stand for `_`. Raises UsageError for an unknown or
-    repeated flag, a stray argument or a value that does not fit the parameter's annotation."""
+    `--name`/`--noname` for booleans; `-` in names may stand for `_`; a flag given twice takes the last
+    value. Raises UsageError for an unknown flag, a stray argument or a value that does not fit the
+    parameter's annotation."""
     params = inspect.signature(main, eval_str=True).parameters
     names = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY]
     kwargs: dict[str, object] = {}
@@ -136,8 +137,6 @@ def parse_flags(main: Callable, argv: Sequence[str]) -> dict[str, object]:
                 name, has_value, text = name[2:], True, "false"
         if name not in names or (not token.startswith("--") and len(name) > 1):
             raise _unknown(token, names)
-        if name in kwargs:
-            raise UsageError(f"--{name} is given twice")
         annotation = params[name].annotation
         if not has_value:
             next_is_value = tokens and not _FLAG.match(tokens[0])
