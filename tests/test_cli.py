@@ -4,8 +4,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from utils.cli import UsageError, explain_flags, parse_flags, run, usage
+from utils.cli import UsageError, explain_flags, one_line, parse_flags, run, usage
 
 REPO = Path(__file__).parent.parent
 SCRIPTS = (
@@ -102,6 +103,17 @@ def test_usage_lists_types_comments_and_defaults() -> None:
     assert "--resume " in text and "--debug" in text and "-h, --help" in text
 
 
+def test_error_from_a_dataloader_worker_is_its_own_message() -> None:
+    def fail(items: list[int]) -> None:
+        raise ValueError(f"export folder x:\n no readable clip left ({items[0]})")
+
+    loader = torch.utils.data.DataLoader(list(range(2)), num_workers=1, collate_fn=fail)
+    with pytest.raises(ValueError) as err:
+        next(iter(loader))
+    assert "Original Traceback" in str(err.value)
+    assert one_line(err.value) == "export folder x: no readable clip left (0)"
+
+
 def test_user_errors_end_in_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys) -> None:
     def missing(*, path: str = "x") -> None:
         raise FileNotFoundError(f"no such file:\n  {path}")
@@ -124,16 +136,17 @@ def test_user_errors_end_in_one_line_and_bugs_keep_their_traceback(monkeypatch, 
 
 def test_every_script_has_help_and_refuses_unknown_flags() -> None:
     # one interpreter for all scripts: each runs as __main__ with -h, with --help and with a mistyped flag
+    cases = [(script, argv) for script in SCRIPTS for argv in (["-h"], ["--help"], ["--seeed", "1"])]
+    cases += [("export_mp4_dataset.py", ["--crop_size", "128x192"]), ("demo.py", ["--max_frame", "4"])]
     child = f"""
 import runpy, sys
-for script in {SCRIPTS!r}:
-    for argv in (["-h"], ["--help"], ["--seeed", "1"]):
-        print("==", script, argv[0], flush=True)
-        sys.argv = [script, *argv]
-        try:
-            runpy.run_path(script, run_name="__main__")
-        except SystemExit as e:
-            print("exit", e.code)
+for script, argv in {cases!r}:
+    print("==", script, argv[0], flush=True)
+    sys.argv = [script, *argv]
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as e:
+        print("exit", e.code)
 """
     proc = subprocess.run(
         [sys.executable, "-c", child], cwd=REPO, capture_output=True, text=True, timeout=300
@@ -145,6 +158,9 @@ for script in {SCRIPTS!r}:
             assert runs[f"{script} {flag}"].startswith(f"usage: python {script} [--flag value ...]")
             assert "-h, --help" in runs[f"{script} {flag}"]
         assert runs[f"{script} --seeed"] == "exit 2\n"
+    assert runs["export_mp4_dataset.py --crop_size"] == runs["demo.py --max_frame"] == "exit 2\n"
+    assert "error: --crop_size takes H,W (two integers, e.g. 256,384), got '128x192'" in proc.stderr
+    assert "error: unknown flag --max_frame; did you mean --max_frames?" in proc.stderr
     assert proc.stderr.count("error: unknown flag --seeed") == len(SCRIPTS)
     assert "error: unknown flag --seeed; did you mean --seed?" in proc.stderr
     assert (

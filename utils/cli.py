@@ -170,7 +170,12 @@ def usage(main: Callable, prog: str) -> str:
 
 
 def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
+    """The message of `err` on one line; of an error re-raised from a DataLoader worker, the worker's message
+    without its traceback."""
+    text, last = str(err), f"\n{type(err).__name__}: "
+    if "Original Traceback (most recent call last)" in text and last in text:
+        text = text.rsplit(last, 1)[1]
+    return " ".join(text.split()) or type(err).__name__
 
 
 def run(main: Callable, argv: Sequence[str] | None = None) -> None:
