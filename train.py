@@ -382,14 +382,16 @@ def main(
                 f"itime {out.itime:.2f}; loss {out.loss:.3f}; loss_t {pools_t.mean('loss'):.2f}; "
                 f"d_t {pools_t.mean('d_avg'):.1f}; d_v {pools_v.mean('d_avg'):.1f}; "
                 f"time {time.time() - t0:.2f}; {pace.steps_per_s():.2f} steps/s; "
-                f"eta {pace.eta(plan.max_steps - step)}"
+                f"eta {pace.eta(plan.max_steps - step)}",
+                flush=True,  # also when piped to a log file
             )
         if val_iter is not None and (step % plan.val_freq == 0 or step == start + 1):
             val = validate(net, next(val_iter).to(info.device), iters * 2, logger, step, plan.log_freq)
             pools_v.update(val)
             if info.is_main:  # after the step's line, which it would delay; its own line, as d_v lags
                 print(
-                    f"{run_name}; validation at step {step}: d_avg {val['d_avg']:.1f}; loss {val['loss']:.2f}"
+                    f"{run_name}; validation at step {step}: d_avg {val['d_avg']:.1f} loss {val['loss']:.2f}",
+                    flush=True,
                 )
     if info.is_main and dataset_location:
         for split, data in (("training", train_data), ("validation", val_data)):
