@@ -130,8 +130,8 @@ def parse_flags(main: Callable, argv: Sequence[str]) -> dict[str, object]:
         token = tokens.pop(0)
         if not _FLAG.match(token):
             raise UsageError(f"unexpected argument {token!r}: flags take the form --name value")
-        key, has_value, text = token.lstrip("-").partition("=")
-        name = key.replace("-", "_")
+        key, equals, text = token.lstrip("-").partition("=")
+        name, has_value = key.replace("-", "_"), bool(equals)
         if name not in names and name[2:] in names and name.startswith("no") and not has_value:
             if _is_bool(params[name[2:]].annotation):  # --noresume = --resume false
                 name, has_value, text = name[2:], True, "false"
