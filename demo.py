@@ -20,10 +20,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nets.api import PipsTracker, check_queries, grid_queries
-from nets.pips2 import Pips
+from tracking.predictor import PipsTracker, build_model, check_queries, grid_queries
 from utils.cli import explain_flags, run
-from utils.dist import pick_device
 from utils.logger import Logger
 from utils.video import VideoWriter, read_video, video_info
 from utils.vis import colors_by_position, draw_tracks
@@ -109,26 +107,25 @@ def main(
         raise ValueError("no video given: pass --filename <video file or folder of frames>")
     if max_frames < 0:
         raise ValueError(f"max_frames must be >= 0, got {max_frames}")
-    info = video_info(filename)
+    info = video_info(filename)  # the container's frame count: no decoding
     T = min(max_frames, info.num_frames) if max_frames else info.num_frames
-    dev = pick_device(device)
     if random_weights:
         torch.manual_seed(0)
-        tracker = PipsTracker(Pips().to(dev), S=S, iters=iters, image_size=image_size, fast=fast)
-    else:
-        tracker = PipsTracker.from_checkpoint(
-            init_dir, dev, S=S, iters=iters, image_size=image_size, fast=fast
-        )
+    model = build_model(None if random_weights else init_dir, device, fast=fast, log=print)
+    tracker = PipsTracker(model, S=S, iters=iters, image_size=image_size, fast=fast)
     if queries:
         query_rows = check_queries(load_queries(queries), T, info.height, info.width)  # N,3
     else:
         query_rows = grid_queries(round(math.sqrt(N)), info.height, info.width, tracker.image_size)  # N,3
-    # track() reports the frames of each forward pass: one pass per distinct query frame t, T-1-t frames
-    total = sum(T - 1 - t for t in query_rows[:, 0].unique().long().tolist())
+    # each distinct query frame is a forward and a backward pass that together track T-1 frames
+    total = (T - 1) * len(query_rows[:, 0].unique())
     began = time.perf_counter()
     with tqdm(total=total, desc="tracking", unit="frame") as bar:
-        tracks = tracker(filename, queries=query_rows, max_frames=T, progress=bar.update)  # T,N,2
+        tracks = tracker(filename, queries=query_rows, max_frames=T, progress=bar.update)  # T',N,2
     seconds = time.perf_counter() - began
+    if len(tracks) < T:
+        print(f"the video holds {len(tracks)} readable frames of the {T} its container announces")
+    T = len(tracks)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,10 +139,12 @@ def main(
     log = Logger(log_dir, enabled=bool(log_dir))
     with VideoWriter(video_path, fps=fps or video_fps) as writer:
         drawn = drawn_frames(filename, tracks, colors, trail, radius, chunk=S)
-        for step, frames in enumerate(tqdm(drawn, desc="drawing", unit="window", total=-(-T // S))):
-            for frame in _even(frames):
-                writer.write(frame)
-            log.gif("outputs/tracks", frames, step, fps=round(fps or video_fps))
+        with tqdm(total=T, desc="drawing", unit="frame") as bar:
+            for step, frames in enumerate(drawn):
+                for frame in _even(frames):
+                    writer.write(frame)
+                log.gif("outputs/tracks", frames, step, fps=round(fps or video_fps))
+                bar.update(len(frames))
     log.close()
     speed = f"{T / seconds:.2f} frames/s"
     print(f"tracked {len(query_rows)} points through {T} frames in {seconds:.1f} s ({speed})")

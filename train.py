@@ -25,7 +25,7 @@ from datasets.pointodyssey import PointOdysseyDataset
 from datasets.sample import ClipBatch, collate_clips
 from datasets.synthetic import SyntheticClips
 from nets.losses import sequence_loss
-from nets.pips2 import Pips
+from tracking.predictor import build_model
 from utils import checkpoint, dist, recipes
 from utils.cli import explain_flags, run
 from utils.logger import Logger, Pace, RunningMeans, parameter_table
@@ -143,8 +143,8 @@ def run_model(model, batch: ClipBatch, iters: int, g: torch.Generator, train: bo
     H, W = rgbs.shape[-2:]
     trajs_e0 = initial_trajs(trajs_g, g, H, W) if train else trajs_g[:, :1].expand_as(trajs_g).clone()
     out = model(trajs_e0, rgbs, iters=iters)
-    loss = sequence_loss([c.float() for c in out.coords[:-1]], trajs_g, valids, gamma=0.8)
-    return StepResult(loss, out.coords[-1].detach().float(), ClipBatch(rgbs, trajs_g, visibs, valids))
+    loss = sequence_loss([c.float() for c in out.preds], trajs_g, valids, gamma=0.8)
+    return StepResult(loss, out.tracks.detach().float(), ClipBatch(rgbs, trajs_g, visibs, valids))
 
 
 def metrics_of(res: StepResult) -> dict[str, float]:
@@ -309,8 +309,8 @@ def main(
     run_name = run_name or f"{B}_{S}_{N}_i{iters}_{lr:.0e}_{time.strftime('%Y%m%d_%H%M%S')}"
     run_ckpt, run_log = ckpt_root / run_name, Path(log_dir) / run_name
 
-    dtype = dist.fast_dtype(info.device, fast, training=True)
-    model = Pips(stride=8).to(info.device).set_fast(dtype is not None, dtype)
+    model = build_model(None if resume else init_ckpt or None, info.device, job="train", fast=fast)
+    dtype = model.fast_dtype if model.fast else None
     model.norm.requires_grad_(False)  # unused by the forward; kept only for checkpoint compatibility
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=1e-8)
@@ -327,8 +327,6 @@ def main(
     start = 0
     if resume:
         start = checkpoint.load(run_ckpt, model, optimizer, scheduler)
-    elif init_ckpt:
-        checkpoint.load(init_ckpt, model)
     if info.world_size > 1:
         model = DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from datasets.sample import UnreadableSequence
+from datasets.sample import EvalSequence, UnreadableSequence
 from utils.video import read_image
 
 logger = logging.getLogger(__name__)
+
 BORDER = 32  # px; the annotations get noisy near the image border, so centres this close are not scored
 MIN_PATH_LENGTH = 150.0  # px; heads whose centre travels less over the clip are dropped
 
@@ -33,16 +34,6 @@ class HeadLabels:
     @property
     def num_frames(self) -> int:
         return int(self.frames.max()) + 1
-
-
-@dataclass
-class CroHDClip:
-    name: str  # <sequence>_<start>_<end>
-    frame_paths: list[Path]  # T image files, read lazily by the caller
-    image_hw: tuple[int, int]  # H,W of the images, the pixel space of trajs
-    trajs: np.ndarray  # T,N,2 float32, x,y head-box centres
-    visibs: np.ndarray  # T,N float32
-    valids: np.ndarray  # T,N float32, labelled and away from the border
 
 
 def read_labels(path: str | Path) -> HeadLabels:
@@ -159,7 +150,7 @@ class CroHD(Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
-    def __getitem__(self, index: int) -> CroHDClip:
+    def __getitem__(self, index: int) -> EvalSequence:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} clips")
         seq, start, end = self.clips[index]
@@ -173,9 +164,9 @@ class CroHD(Dataset):
         trajs, visibs, valids = trajs[:, keep], visibs[:, keep], valids[:, keep]
         if self.hold_occluded:
             trajs = hold_while_occluded(trajs, visibs)
-        return CroHDClip(
+        return EvalSequence(
             name=f"{seq.name}_{start:06d}_{end:06d}",
-            frame_paths=[frame_path(seq, t) for t in range(start, end)],
+            frames=[frame_path(seq, t) for t in range(start, end)],
             image_hw=(H, W),
             trajs=trajs,
             visibs=visibs,

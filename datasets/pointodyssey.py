@@ -20,7 +20,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from datasets.augment import augment_clip, just_crop, just_resize
-from datasets.sample import ClipSample, UnreadableMarks, UnreadableSequence
+from datasets.sample import ClipSample, EvalSequence, UnreadableMarks, UnreadableSequence
 from utils.video import read_image
 
 logger = logging.getLogger(__name__)
@@ -48,18 +48,6 @@ class SequenceInfo:
 @dataclass
 class Tracks:
     trajs: np.ndarray  # S,N,2 float32, x,y pixels
-    visibs: np.ndarray  # S,N float32
-    valids: np.ndarray  # S,N float32
-
-
-@dataclass
-class FullSequence:
-    """One whole evaluation video: frames stay on disk (see `load_rgbs`)."""
-
-    seq: str
-    rgb_paths: list[Path]
-    image_hw: tuple[int, int]  # H,W of the frames on disk, the pixel space of trajs
-    trajs: np.ndarray  # S,N,2 float32
     visibs: np.ndarray  # S,N float32
     valids: np.ndarray  # S,N float32
 
@@ -441,7 +429,7 @@ class PointOdysseyFullSeq(Dataset):
     def __len__(self) -> int:
         return len(self.sequences)
 
-    def __getitem__(self, index: int) -> FullSequence:
+    def __getitem__(self, index: int) -> EvalSequence:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} sequences")
         seq = self.sequences[index]
@@ -465,9 +453,9 @@ class PointOdysseyFullSeq(Dataset):
         trajs = np.clip(trajs[:, keep], [-32, -32], [W + 32, H + 32]).astype(np.float32)
         n = trajs.shape[1]
         idx = np.linspace(0, n - 1, min(self.N, n)).astype(np.int32)
-        return FullSequence(
-            seq=seq.name,
-            rgb_paths=paths,
+        return EvalSequence(
+            name=seq.name,
+            frames=paths,
             image_hw=(H, W),
             trajs=trajs[:, idx],
             visibs=visibs[:, keep][:, idx],

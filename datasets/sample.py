@@ -3,20 +3,13 @@
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
-
-
-class UnreadableSequence(ValueError):
-    """A sequence, video or clip whose files turn out unreadable when it is read; the message names the file.
-
-    Readers leave out what they find unreadable while indexing (one warning each, listed in their
-    `skipped`); this is raised for what only reading reveals, so that a caller can skip it and go on.
-    """
 
 
 class UnreadableMarks:
@@ -94,3 +87,26 @@ def collate_clips(samples: list[ClipSample]) -> ClipBatch:
     return ClipBatch(
         *(torch.from_numpy(np.stack([getattr(s, k) for s in samples])) for k in ClipBatch._fields)
     )
+
+
+class UnreadableSequence(ValueError):
+    """A sequence or clip whose files turned out unreadable when it was read; the message names the file.
+    Long jobs skip it with a warning and count it. (What a reader finds unreadable while indexing it leaves
+    out, with one warning each, and lists in its `skipped`.)"""
+
+
+@dataclass
+class EvalSequence:
+    """One whole evaluation video and its ground truth, in the pixels of its own frames (every evaluation
+    reader gives these). Coordinates are x then y, pixel centres at integers."""
+
+    name: str
+    frames: np.ndarray | list[Path]  # T,H,W,3 uint8 RGB in memory, or T image files read when needed
+    image_hw: tuple[int, int]  # H,W of the frames
+    trajs: np.ndarray  # T,N,2 float32, x,y pixels
+    visibs: np.ndarray  # T,N float32, 1 = visible
+    valids: np.ndarray  # T,N float32, 1 = where the metrics count; the points valid at frame 0 are queried
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)

@@ -19,7 +19,7 @@ def model() -> Pips:
 def test_round_trip_with_optimizer_and_scheduler(tmp_path, model: Pips) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=10)
-    model(torch.rand(1, 3, 2, 2) * 30, torch.rand(1, 3, 3, 64, 64) * 255, iters=1).coords[-1].sum().backward()
+    model(torch.rand(1, 3, 2, 2) * 30, torch.rand(1, 3, 3, 64, 64) * 255, iters=1).tracks.sum().backward()
     opt.step()
     sched.step()
     path = checkpoint.save(tmp_path, model, opt, sched, step=7, config={"lr": 1e-3})

@@ -378,8 +378,8 @@ def test_full_sequence_filters_by_hand(tmp_path):
     trajs[5:, 5, 0] = 600  # a 580 px jump inside the frame: > 512, dropped
     _write_hand_sequence(tmp_path / "test" / "hand", trajs, visibs, size=(48, 640))
     item = PointOdysseyFullSeq(tmp_path, "test", N=256)[0]
-    assert item.seq == "hand" and item.image_hw == (48, 640)
-    assert len(item.rgb_paths) == S and item.rgb_paths[3].name == "rgb_00003.jpg"
+    assert item.name == "hand" and item.image_hw == (48, 640)
+    assert len(item.frames) == S and item.frames[3].name == "rgb_00003.jpg"
     assert item.trajs.shape == (S, 3, 2)  # points 0, 1, 3
     np.testing.assert_array_equal(item.trajs[0, :, 0], [20, 40, 20])
     np.testing.assert_array_equal(item.valids[:, 2], [1, 1, 1, 0, 1, 1, 1, 1, 1, 1])
@@ -402,5 +402,5 @@ def test_full_sequence_linspace_selection(pod_root):
     np.testing.assert_array_equal(item.trajs, all_points.trajs[:, idx])
     assert item.trajs.shape == (T, 50, 2) and len(ds) == 2
     assert np.all(item.visibs[0] == 1) and np.all((item.visibs * item.valids).sum(0) >= 8)
-    frames = load_rgbs(item.rgb_paths, [0, 5])
+    frames = load_rgbs(item.frames, [0, 5])
     assert frames.shape == (2, H, W, 3)

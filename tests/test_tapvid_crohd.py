@@ -32,7 +32,7 @@ def test_tapvid_coordinates_visibility_and_frame0_filter(tmp_path: Path) -> None
     # x * (W-1), y * (H-1): 1.0 lies on the last pixel centre
     np.testing.assert_array_equal(clip.trajs[0], [[0, 0], [8, 4], [4, 1]])
     np.testing.assert_array_equal(clip.visibs, [[1, 0, 1], [1, 1, 0], [1, 1, 1]])
-    np.testing.assert_array_equal(clip.visible_at_first_frame(), [True, False, True])
+    np.testing.assert_array_equal(clip.valids, clip.visibs)  # the frame-0 protocol queries valids[0] > 0
     assert data[1].trajs.shape == (4, 3, 2)
 
 
@@ -106,7 +106,7 @@ def test_crohd_head_filters_and_held_positions(tmp_path: Path) -> None:
     assert len(data) == 1
     clip = data[0]
     assert clip.name == "HT21-01_000000_000006" and clip.image_hw == (H, W)
-    assert clip.frame_paths[0].name == "000001.jpg" and len(clip.frame_paths) == 6
+    assert clip.frames[0].name == "000001.jpg" and len(clip.frames) == 6
     # kept, in id order: heads 1, 6, 7
     np.testing.assert_array_equal(clip.trajs[0], [[50, 100], [60, 60], [150, 150]])
     np.testing.assert_array_equal(clip.trajs[:, 0, 0], 50 + 40 * np.arange(6))

@@ -2,7 +2,24 @@ import pytest
 import torch
 
 from nets.pips2 import Pips, PipsOutput
-from nets.tracker import ResizedFrames, TensorFrames, resize_frames, track, track_from_first_frame
+from nets.tracker import track, track_from_first_frame
+
+
+class TensorFrames:
+    """A batch of videos B,T,3,H,W in memory as a FrameSource; `ends_at` makes the video end early there
+    (as a truncated file does) and `reads` records the windows asked for."""
+
+    def __init__(self, video: torch.Tensor, ends_at: int | None = None) -> None:
+        self.video = video
+        self.num_frames = video.shape[1]
+        self.ends_at = ends_at
+        self.reads: list[tuple[int, int]] = []
+
+    def get(self, start: int, end: int) -> torch.Tensor:
+        self.reads.append((start, end))
+        if self.ends_at is not None and end > self.ends_at:
+            self.num_frames = self.ends_at
+        return self.video[:, start : min(end, self.num_frames)]
 
 
 class ClockModel(torch.nn.Module):
@@ -20,7 +37,7 @@ class ClockModel(torch.nn.Module):
         coords[..., 0] = trajs_e0[:, :1, :, 0] + (stamps - stamps[:, :1])[..., None]
         B, S, N, _ = trajs_e0.shape
         feats = tuple(torch.zeros(B, S, N, 4) for _ in range(3))
-        return PipsOutput([coords], [coords], feats)
+        return PipsOutput(coords, [coords], feats, [coords])
 
 
 def clock_video(B: int, T: int) -> torch.Tensor:
@@ -67,13 +84,26 @@ def test_single_window_equals_one_model_call() -> None:
     xy = torch.rand(1, 5, 2) * 63
     tracks = track_from_first_frame(model, TensorFrames(video), xy, S=8, iters=2)
     with torch.no_grad():
-        direct = model(xy[:, None].repeat(1, 6, 1, 1), video, iters=2).coords[-1]
+        direct = model(xy[:, None].repeat(1, 6, 1, 1), video, iters=2).tracks
     torch.testing.assert_close(tracks, direct)
 
 
-def test_resized_frames() -> None:
-    video = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).reshape(1, 2, 3, 4, 6)
-    assert resize_frames(video, (4, 6)) is video
-    half = ResizedFrames(TensorFrames(video), (2, 3)).get(1, 2)  # 1,1,3,2,3
-    assert half.shape == (1, 1, 3, 2, 3)
-    torch.testing.assert_close(half[0, 0, 0, 0, 0], video[0, 1, 0, :2, :2].mean())  # 2x2 box, no corners
+def test_a_video_that_ends_early_is_tracked_through_the_frames_it_has() -> None:
+    model = ClockModel()
+    source = TensorFrames(clock_video(1, 20), ends_at=13)
+    out = track_from_first_frame(model, source, torch.tensor([[[5.0, 2.0]]]), S=6, iters=1)
+    assert out.shape == (1, 13, 1, 2)
+    assert [c[0] for c in model.calls] == [0, 5, 7]  # the last window is laid out again to end at 13
+    torch.testing.assert_close(out[0, :, 0, 0], 5.0 + torch.arange(13, dtype=torch.float32))
+    queries = torch.tensor([[[0.0, 1.0, 1.0], [16.0, 2.0, 2.0]]])
+    with pytest.raises(ValueError, match="a query at frame 16 lies past the 13 frames that could be read"):
+        track(ClockModel(), TensorFrames(clock_video(1, 20), ends_at=13), queries, S=6, iters=1)
+    tracks = track(ClockModel(), TensorFrames(clock_video(1, 20), ends_at=13), queries[:, :1], S=6, iters=1)
+    assert tracks.shape == (1, 13, 1, 2)
+
+
+def test_progress_counts_the_frames_of_both_passes() -> None:
+    steps: list[int] = []
+    queries = torch.tensor([[[0.0, 1.0, 1.0], [7.0, 2.0, 2.0], [11.0, 3.0, 3.0]]])
+    track(ClockModel(), TensorFrames(clock_video(1, 12)), queries, S=4, iters=1, progress=steps.append)
+    assert sum(steps) == 11 * 3 and all(s > 0 for s in steps)
