@@ -127,6 +127,13 @@ def test_user_errors_end_in_one_line_and_bugs_keep_their_traceback(monkeypatch, 
     assert capsys.readouterr().err == "error: no such file: data/a.npz\n"
     with pytest.raises(TypeError, match="a bug"):
         run(bug, [])
+
+    def stopped(*, n: int = 0) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        run(stopped, [])
+    assert exit_info.value.code == 130 and capsys.readouterr().err == "interrupted\n"
     with pytest.raises(FileNotFoundError):
         run(missing, ["--debug"])
     monkeypatch.setenv("PIPS_DEBUG", "1")

@@ -140,7 +140,7 @@ def test_corrupt_annotations_leave_out_one_sequence(tmp_path, caplog):
         (message,) = ds.skipped
         assert message.startswith(f"{anno}: not a readable .npz file")
     assert caplog.text.count(f"skipping {anno}: not a readable .npz file") == 2
-    assert train[0].rgbs.shape == (4, 3, 64, 96) and full[1].seq == "seq2"
+    assert train[0].rgbs.shape == (4, 3, 64, 96) and full[1].name == "seq2"
 
 
 def _spoil_frames(seq_dir: Path) -> None:

@@ -3,8 +3,8 @@
 Flags are checked against `main`'s keyword-only signature and converted to its annotated types before
 `main` is called, so a mistyped flag stops the script before it does any work. `-h`/`--help` lists the
 flags with the `# comment` written after each parameter. A user error (ValueError or OSError: a missing
-or corrupt file, a bad value) ends the script with one line `error: ...`; set PIPS_DEBUG=1 or pass
---debug to see its traceback. Any other exception is a bug and keeps its traceback.
+or corrupt file, a bad value) ends the script with one line `error: ...`, and Ctrl-C with `interrupted`;
+set PIPS_DEBUG=1 or pass --debug to see the traceback. Any other exception is a bug and keeps its traceback.
 """
 
 import difflib
@@ -20,6 +20,7 @@ from pathlib import Path
 DEBUG_ENV = "PIPS_DEBUG"
 USAGE_EXIT = 2  # exit status of a flag error, before any work
 ERROR_EXIT = 1  # exit status of a user error met while working
+INTERRUPT_EXIT = 130  # Ctrl-C, as a shell reports it
 
 _KNOB = re.compile(r"^\s+(\w+)\s*:[^#]*?#\s*(.+?)\s*$")
 _END_OF_SIGNATURE = re.compile(r"^\)\s*(->.*)?:\s*$")
@@ -199,3 +200,8 @@ def run(main: Callable, argv: Sequence[str] | None = None) -> None:
             raise
         sys.stderr.write(f"error: {one_line(err)}\n")
         sys.exit(ERROR_EXIT)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        sys.stderr.write("interrupted\n")
+        sys.exit(INTERRUPT_EXIT)
