@@ -97,7 +97,8 @@ def open_data(
         train = ExportDataset(str(root.parent), root.name, S, N, crop, use_augs=use_augs, seed=seed)
         val = ExportDataset(str(root.parent), root.name, S, N, crop, use_augs=False, seed=seed + 1)
         held_out = max(1, min(val_clips, len(train.clips) // 10))  # the last clips are the held-out split
-        train.clips, val.clips = train.clips[:-held_out], val.clips[-held_out:]
+        train.select(slice(None, -held_out))
+        val.select(slice(-held_out, None))
         return train, val
     if (root / "train").is_dir():
         train = PointOdysseyDataset(str(root), "train", S, N, crop_size=crop, use_augs=use_augs, seed=seed)

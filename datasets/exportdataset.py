@@ -217,6 +217,10 @@ class ExportDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def select(self, part: slice) -> None:
+        """Keep only the clips `part` of the index (say, a held-out split)."""
+        self.clips, self.unreadable = self.clips[part], self.unreadable[part]
+
     def __len__(self) -> int:
         return len(self.clips)
 

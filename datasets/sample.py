@@ -32,6 +32,12 @@ class UnreadableMarks:
     def __contains__(self, index: int) -> bool:
         return bool(self.flags[index])
 
+    def __getitem__(self, part: slice) -> "UnreadableMarks":
+        """The marks of items `part`, still shared with these."""
+        marks = UnreadableMarks([])
+        marks.names, marks.flags = self.names[part], self.flags[part]
+        return marks
+
     def all_marked(self) -> bool:
         return bool(self.flags.all())
 

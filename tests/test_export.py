@@ -319,3 +319,17 @@ def test_export_counts_and_summarises_failures(tmp_path, monkeypatch, capsys):
     assert "failed      2: RuntimeError: item #: unreadable frame" in out
     assert "failed      1: too few valid points" in out
     assert [p.name for p in list_clips(tmp_path / export_version("e2e", 8, 16, (H, W)))] == ["000000"]
+
+
+def test_a_selected_split_keeps_its_own_marks(tmp_path, caplog):
+    out_dir = make_export(tmp_path, 5)
+    (clip_dir(out_dir, 4) / "rgb.mp4").write_bytes(b"not a video")
+    full = ExportDataset(str(tmp_path), VERSION, S=S, N=N, crop_size=(H, W))
+    held_out = ExportDataset(str(tmp_path), VERSION, S=S, N=N, crop_size=(H, W))
+    held_out.select(slice(3, None))
+    assert [p.name for p in held_out.clips] == ["000003", "000004"]
+    seed = int(round((held_out[1].rgbs[0, 2].mean() - 20) / 10))
+    assert seed == 3 and held_out.unreadable.found() == ["000004"] and full.unreadable.found() == []
+    (clip_dir(out_dir, 3) / "track.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match="no readable clip left"):
+        held_out[0]
