@@ -20,14 +20,47 @@ TINY_TRAIN = ["--B", "1", "--S", "4", "--N", "8", "--crop_size", "64,64", "--ite
 TINY_EVAL = ["--S", "8", "--iters", "1", "--image_size", "64,96", "--device", "cpu"]
 
 
-def run(script: str, *args: str, debug: bool = False) -> subprocess.CompletedProcess:
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("PIPS_DEBUG", None)
-    if debug:
-        env["PIPS_DEBUG"] = "1"
     return subprocess.run(
         [sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, timeout=300, env=env
     )
+
+
+RUN_EACH = """
+import contextlib, io, json, logging, os, runpy, sys, traceback
+results = []
+for script, argv, debug in json.loads(sys.argv[1]):
+    os.environ.pop("PIPS_DEBUG", None)
+    os.environ.update({"PIPS_DEBUG": "1"} if debug else {})
+    sys.argv, code, err = [script, *argv], 0, io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as e:
+            code = e.code
+        except Exception:
+            code, _ = "raised", err.write(traceback.format_exc())
+    logging.root.handlers.clear()  # a script's logging setup must not write into the next one's stderr
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def run_each(*cases: tuple[str, list[str], bool]) -> list[subprocess.CompletedProcess]:
+    """(script, flags, PIPS_DEBUG) cases run one after another in one child process (one start-up), each
+    as __main__ of its script: their exit codes and stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_EACH, json.dumps(cases)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.splitlines()[-1])
+    return [subprocess.CompletedProcess(case[:2], code, "", err) for case, (code, err) in zip(cases, results)]
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -52,14 +85,16 @@ def pod_root(tmp_path_factory) -> Path:
 
 
 def test_missing_dataset_location_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
-    missing = tmp_path / "no_such_dir"
-    out = run("train.py", "--dataset_location", str(missing), "--ckpt_dir", str(tmp_path / "c"))
-    assert one_error_line(out) == f"error: --dataset_location {missing} is not a directory"
-    out = run("export_mp4_dataset.py", "--dataset_location", str(missing), "--out_root", str(tmp_path / "e"))
-    assert one_error_line(out) == f"error: split folder {missing / 'train'} does not exist"
+    missing = str(tmp_path / "no_such_dir")
+    train, export, debug = run_each(
+        ("train.py", ["--dataset_location", missing, "--ckpt_dir", str(tmp_path / "c")], False),
+        ("export_mp4_dataset.py", ["--dataset_location", missing, "--out_root", str(tmp_path / "e")], False),
+        ("export_mp4_dataset.py", ["--dataset_location", missing, "--out_root", str(tmp_path / "e")], True),
+    )
+    assert one_error_line(train) == f"error: --dataset_location {missing} is not a directory"
+    assert one_error_line(export) == f"error: split folder {missing}/train does not exist"
     assert sorted(p.name for p in tmp_path.iterdir()) == []
-    debug = run("export_mp4_dataset.py", "--dataset_location", str(missing), debug=True)
-    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
+    assert debug.returncode == "raised" and "Traceback (most recent call last)" in debug.stderr
 
 
 def test_bad_checkpoints_and_sizes_are_one_line(tmp_path: Path, pod_root: Path) -> None:
@@ -73,16 +108,18 @@ def test_bad_checkpoints_and_sizes_are_one_line(tmp_path: Path, pod_root: Path) 
     garbage = tmp_path / "garbage.pth"
     garbage.write_text("<html>404 not found</html>\n")
     pod = ["--dataset_location", str(pod_root), "--dset", "train", "--device", "cpu"]
-    cases = {
+    expected = {
         truncated: f"error: cannot read checkpoint {truncated}: the file is truncated or corrupt",
         wrong_keys: f"error: checkpoint {wrong_keys} does not fit the model: missing ",
         garbage: f"error: {garbage} is not a checkpoint (not a file written by torch.save)",
     }
-    for path, expected in cases.items():
-        line = one_error_line(run("test_on_pod.py", *pod, "--init_dir", str(path)))
-        assert line.startswith(expected) and "weights_only" not in line
-    line = one_error_line(run("test_on_pod.py", *pod, "--random_weights", "--image_size", "100,150"))
-    assert line == "error: image_size sides must be positive multiples of 32, got 100x150"
+    *loads, size = run_each(
+        *(("test_on_pod.py", [*pod, "--init_dir", str(path)], False) for path in expected),
+        ("test_on_pod.py", [*pod, "--random_weights", "--image_size", "100,150"], False),
+    )
+    for proc, line in zip(loads, expected.values()):
+        assert one_error_line(proc).startswith(line) and "weights_only" not in proc.stderr
+    assert one_error_line(size) == "error: image_size sides must be positive multiples of 32, got 100x150"
 
 
 def test_corrupt_annotations_stop_neither_export_nor_training_nor_evaluation(tmp_path: Path, pod_root):
