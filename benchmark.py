@@ -31,7 +31,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import fire
 import torch
 from prettytable import PrettyTable
 from torch.utils.flop_counter import FlopCounterMode
@@ -44,7 +43,7 @@ from nets.losses import sequence_loss
 from nets.pips2 import Pips
 from tracking.frames import VideoFileFrames
 from tracking.predictor import PipsTracker, build_model
-from utils.cli import explain_flags
+from utils.cli import explain_flags, run
 from utils.dist import pick_device
 from utils.metrics import compute_pips_metrics
 from utils.video import write_video
@@ -467,4 +466,4 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -1,11 +1,49 @@
-"""The typed training/evaluation clip that every reader returns."""
+"""The typed training/evaluation clip that every reader returns, and how readers report unreadable data."""
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
+
+
+class UnreadableMarks:
+    """Which of a reader's items (sequences or clips) turned out unreadable while reading.
+
+    The marks live in shared memory, so DataLoader worker processes skip what another one found, and the
+    main process can count them for its summary.
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        self.flags = torch.zeros(len(self.names), dtype=torch.bool).share_memory_()  # K
+
+    def mark(self, index: int, err: Exception) -> None:
+        """Mark item `index` unreadable; the first mark warns with the reason."""
+        if not self.flags[index]:
+            self.flags[index] = True
+            logger.warning("skipping %s: %s", self.names[index], err)
+
+    def __contains__(self, index: int) -> bool:
+        return bool(self.flags[index])
+
+    def __getitem__(self, part: slice) -> "UnreadableMarks":
+        """The marks of items `part`, still shared with these."""
+        marks = UnreadableMarks([])
+        marks.names, marks.flags = self.names[part], self.flags[part]
+        return marks
+
+    def all_marked(self) -> bool:
+        return bool(self.flags.all())
+
+    def found(self) -> list[str]:
+        """Names of the marked items, in index order."""
+        return [name for name, bad in zip(self.names, self.flags.tolist()) if bad]
 
 
 @dataclass
@@ -59,7 +97,8 @@ def collate_clips(samples: list[ClipSample]) -> ClipBatch:
 
 class UnreadableSequence(ValueError):
     """A sequence or clip whose files turned out unreadable when it was read; the message names the file.
-    Long jobs skip it with a warning and count it."""
+    Long jobs skip it with a warning and count it. (What a reader finds unreadable while indexing it leaves
+    out, with one warning each, and lists in its `skipped`.)"""
 
 
 @dataclass
