@@ -407,13 +407,12 @@ def main(
     out: str = "benchmark.json",  # JSON with every row and the environment
     agree_ckpt: str = "",  # trained weights (file or run dir): compare the paths' tracks instead of timing
     agree_clips: int = 8,  # clips of the agreement check (S16 N64 128x192 i8, or the custom shape if --S > 0)
-    videos: str | tuple[int, ...] = "",  # video lengths, e.g. 250,1000,4000: time PipsTracker through them
+    videos: str = "",  # video lengths, e.g. 250,1000,4000: time PipsTracker through them
 ) -> None:
     dev = pick_device(device)
     if videos:
-        parts = videos if isinstance(videos, (tuple, list)) else str(videos).split(",")
         try:
-            lengths = [int(v) for v in parts]
+            lengths = [int(v) for v in videos.split(",")]
         except ValueError:
             raise ValueError(f"videos must be comma-separated frame counts, got {videos!r}") from None
         if not lengths or min(lengths) < 2:
