@@ -40,7 +40,7 @@ from datasets.sample import collate_clips
 from datasets.synthetic import SyntheticClips
 from nets import corr_triton
 from nets.losses import sequence_loss
-from nets.pips2 import Pips
+from nets.pips2 import Pips, frames_to_rgbs
 from tracking.frames import VideoFileFrames
 from tracking.predictor import PipsTracker, build_model
 from utils.cli import explain_flags, run
@@ -256,7 +256,7 @@ def measure_agreement(
         tracks = {}
         for path in ("exact", "fast"):
             model.set_fast(path == "fast", dtype)
-            tracks[path] = model(trajs_e0, rgbs.float(), iters=iters).tracks
+            tracks[path] = model(trajs_e0, frames_to_rgbs(rgbs), iters=iters).tracks
             d_avg[path].append(compute_pips_metrics(tracks[path], trajs_g, valids, H, W)["d_avg"])
         dists.append((tracks["fast"] - tracks["exact"])[:, 1:].norm(dim=-1).flatten().cpu())
     dist = torch.cat(dists).double()

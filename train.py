@@ -25,6 +25,7 @@ from datasets.pointodyssey import PointOdysseyDataset
 from datasets.sample import ClipBatch, collate_clips
 from datasets.synthetic import SyntheticClips
 from nets.losses import sequence_loss
+from nets.pips2 import frames_to_rgbs
 from tracking.predictor import build_model
 from utils import checkpoint, dist, recipes
 from utils.cli import explain_flags, run
@@ -137,20 +138,19 @@ class StepResult:
 def run_model(model, batch: ClipBatch, iters: int, g: torch.Generator, train: bool) -> StepResult:
     """One forward + loss. In training, half of the batches are transposed (H<->W) and tracks start from
     the official random init; validation starts from zero velocity."""
-    rgbs, trajs_g, visibs, valids = batch
-    rgbs = rgbs.float()
+    frames, trajs_g, visibs, valids = batch  # frames B,S,H,W,3 uint8
     if train and torch.rand((), generator=g) < 0.5:
-        rgbs, trajs_g = rgbs.transpose(-1, -2), trajs_g.flip(-1)
-    H, W = rgbs.shape[-2:]
+        frames, trajs_g = frames.transpose(2, 3), trajs_g.flip(-1)  # H<->W, and x<->y with them
+    H, W = frames.shape[2:4]
     trajs_e0 = initial_trajs(trajs_g, g, H, W) if train else trajs_g[:, :1].expand_as(trajs_g).clone()
-    out = model(trajs_e0, rgbs, iters=iters)
+    out = model(trajs_e0, frames_to_rgbs(frames), iters=iters)
     loss = sequence_loss([c.float() for c in out.preds], trajs_g, valids, gamma=0.8)
-    return StepResult(loss, out.tracks.detach().float(), ClipBatch(rgbs, trajs_g, visibs, valids))
+    return StepResult(loss, out.tracks.detach().float(), ClipBatch(frames, trajs_g, visibs, valids))
 
 
 def metrics_of(res: StepResult) -> dict[str, float]:
     _, trajs_g, visibs, valids = res.batch
-    H, W = res.batch.rgbs.shape[-2:]
+    H, W = res.batch.rgbs.shape[2:4]
     m = compute_pips_metrics(res.trajs_e, trajs_g, valids, H, W)
     m.update(compute_ate(res.trajs_e, trajs_g, visibs, valids))
     return m
@@ -158,7 +158,7 @@ def metrics_of(res: StepResult) -> dict[str, float]:
 
 def tracks_gif(res: StepResult) -> np.ndarray:
     """T,H,W,3 uint8: predicted tracks of the first clip drawn on its frames."""
-    frames = res.batch.rgbs[0].permute(0, 2, 3, 1).clamp(0, 255).byte().cpu().numpy()  # S,H,W,3
+    frames = res.batch.rgbs[0].cpu().numpy()  # S,H,W,3
     keep = res.batch.valids[0, 0] > 0
     return draw_tracks(
         frames, res.trajs_e[0][:, keep].cpu().numpy(), res.batch.visibs[0][:, keep].cpu().numpy()

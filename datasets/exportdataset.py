@@ -127,7 +127,7 @@ def write_clip(out_dir: Path, clip_id: int, sample: ClipSample) -> bool:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        write_video(tmp / "rgb.mp4", sample.rgbs.transpose(0, 2, 3, 1), fps=FPS, crf=CRF)  # S,H,W,3
+        write_video(tmp / "rgb.mp4", sample.rgbs, fps=FPS, crf=CRF)
         np.savez_compressed(tmp / "track.npz", track_g=sample.track_g)
         try:
             os.rename(tmp, final)
@@ -174,7 +174,7 @@ def _index_clips(root: Path) -> tuple[list[Path], list[str]]:
 class ExportDataset(Dataset):
     """Clips written by export_mp4_dataset.py, in sorted id order.
 
-    Each item is a ClipSample with rgbs S,3,H,W uint8 RGB and a random subset (without replacement)
+    Each item is a ClipSample with rgbs S,H,W,3 uint8 RGB and a random subset (without replacement)
     of N of the clip's points; with use_augs the photometric augmentation is applied (same
     parameters on all frames). Items are a pure function of (seed, epoch, index). A clip folder missing a
     file is left out at indexing (listed in `skipped`); a clip that cannot be read (corrupted or short
@@ -237,7 +237,7 @@ class ExportDataset(Dataset):
         if augment:
             rgbs = photometric_clip(rgbs, rng)
         return ClipSample(
-            rgbs=np.ascontiguousarray(rgbs.transpose(0, 3, 1, 2)),  # S,3,H,W
+            rgbs=rgbs,  # S,H,W,3
             trajs=np.ascontiguousarray(track[..., :2]),  # S,N,2
             visibs=np.ascontiguousarray(track[..., 2]),  # S,N
             valids=np.ascontiguousarray(track[..., 3]),  # S,N

@@ -318,7 +318,7 @@ class PointOdysseyDataset(Dataset):
         return len(self.clips)
 
     def __getitem__(self, index: int) -> ClipSample:
-        """A ClipSample at crop_size: rgbs S,3,H,W uint8, trajs S,N,2 (x,y crop pixels), visibs/valids S,N."""
+        """A ClipSample at crop_size: rgbs S,H,W,3 uint8, trajs S,N,2 (x,y crop pixels), visibs/valids S,N."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} clips")
         rng = np.random.default_rng([self.seed, self.epoch, index])
@@ -406,7 +406,6 @@ class PointOdysseyDataset(Dataset):
         out_val = np.zeros((S, self.N), np.float32)
         out_trajs[:, :n] = np.clip(trajs[:, chosen], lo, hi)
         out_vis[:, :n], out_val[:, :n] = visibs[:, chosen], valids[:, chosen]
-        rgbs = np.ascontiguousarray(rgbs.transpose(0, 3, 1, 2))  # S,3,H,W
         return ClipSample(rgbs=rgbs, trajs=out_trajs, visibs=out_vis, valids=out_val)
 
 

@@ -54,15 +54,15 @@ class ClipSample:
     were available) have trajs, visibs and valids all zero.
     """
 
-    rgbs: np.ndarray  # S,3,H,W uint8 RGB
+    rgbs: np.ndarray  # S,H,W,3 uint8 RGB (the layout of every reader; frames_to_rgbs feeds Pips)
     trajs: np.ndarray  # S,N,2 float32, x,y pixels
     visibs: np.ndarray  # S,N float32, 1 = visible
     valids: np.ndarray  # S,N float32, 1 = annotation valid (occluded points included)
 
     def __post_init__(self) -> None:
-        S, C, H, W = self.rgbs.shape
-        if C != 3 or self.rgbs.dtype != np.uint8:
-            raise ValueError(f"rgbs must be S,3,H,W uint8, got {self.rgbs.shape} {self.rgbs.dtype}")
+        if self.rgbs.ndim != 4 or self.rgbs.shape[-1] != 3 or self.rgbs.dtype != np.uint8:
+            raise ValueError(f"rgbs must be S,H,W,3 uint8, got {self.rgbs.shape} {self.rgbs.dtype}")
+        S = self.rgbs.shape[0]
         if self.trajs.shape[0] != S or self.trajs.shape[-1] != 2:
             raise ValueError(f"trajs must be S,N,2 with S={S}, got {self.trajs.shape}")
         N = self.trajs.shape[1]
@@ -79,7 +79,7 @@ class ClipSample:
 
 
 class ClipBatch(NamedTuple):
-    rgbs: torch.Tensor  # B,S,3,H,W uint8
+    rgbs: torch.Tensor  # B,S,H,W,3 uint8
     trajs: torch.Tensor  # B,S,N,2
     visibs: torch.Tensor  # B,S,N
     valids: torch.Tensor  # B,S,N

@@ -33,11 +33,11 @@ def make_sample(seed: int, num_points: int = N, num_frames: int = S) -> ClipSamp
     and whose blue level encodes the seed, with random tracks."""
     rng = np.random.default_rng(seed)
     ys, xs = np.mgrid[0:H, 0:W]
-    rgbs = np.zeros((num_frames, 3, H, W), dtype=np.uint8)
+    rgbs = np.zeros((num_frames, H, W, 3), dtype=np.uint8)
     for t in range(num_frames):
-        rgbs[t, 0] = 40 + 30 * t
-        rgbs[t, 1] = 2 * xs + ys
-        rgbs[t, 2] = 20 + 10 * seed
+        rgbs[t, ..., 0] = 40 + 30 * t
+        rgbs[t, ..., 1] = 2 * xs + ys
+        rgbs[t, ..., 2] = 20 + 10 * seed
     return ClipSample(
         rgbs=rgbs,
         trajs=rng.uniform(0, W - 1, (num_frames, num_points, 2)).astype(np.float32),
@@ -55,7 +55,7 @@ def make_export(root: Path, num_clips: int, num_points: int = N) -> Path:
 
 
 def stack_rgbs(batch: list[ClipSample]) -> np.ndarray:
-    return np.stack([s.rgbs for s in batch])  # B,S,3,H,W
+    return np.stack([s.rgbs for s in batch])  # B,S,H,W,3
 
 
 def test_round_trip_through_export_dataset(tmp_path):
@@ -64,7 +64,7 @@ def test_round_trip_through_export_dataset(tmp_path):
     assert len(ds) == 3 and [p.name for p in ds.clips] == ["000000", "000001", "000002"]
     for i in range(3):
         written, item = make_sample(i, N + 5), ds[i]
-        assert item.rgbs.shape == (S, 3, H, W) and item.rgbs.dtype == np.uint8
+        assert item.rgbs.shape == (S, H, W, 3) and item.rgbs.dtype == np.uint8
         assert np.abs(item.rgbs.astype(int) - written.rgbs).mean() < 2  # RGB order kept
         # a subset of N distinct points, with their x, y, vis, valid kept together
         match = (item.track_g[:, :, None] == written.track_g[:, None]).all(axis=(0, 3))  # N,N'
@@ -109,7 +109,7 @@ def test_clear_errors_for_missing_or_mismatched_exports(tmp_path):
 def test_corrupted_clips_are_reported_once_and_replaced(tmp_path, caplog):
     out_dir = make_export(tmp_path, 5)
     (clip_dir(out_dir, 1) / "rgb.mp4").write_bytes(b"not a video")
-    write_video(clip_dir(out_dir, 2) / "rgb.mp4", make_sample(2).rgbs[:3].transpose(0, 2, 3, 1))  # short
+    write_video(clip_dir(out_dir, 2) / "rgb.mp4", make_sample(2).rgbs[:3])  # short
     (clip_dir(out_dir, 4) / "track.npz").unlink()  # incomplete: left out at indexing
     seeds = set()
     with caplog.at_level(logging.WARNING):
@@ -117,9 +117,9 @@ def test_corrupted_clips_are_reported_once_and_replaced(tmp_path, caplog):
         for epoch in range(3):
             ds.set_epoch(epoch)
             for batch in DataLoader(ds, batch_size=2, collate_fn=stack_rgbs):
-                assert batch.shape == (2, S, 3, H, W)
+                assert batch.shape == (2, S, H, W, 3)
                 assert (batch.reshape(2, -1).max(axis=1) > 0).all()  # never an all-zero placeholder
-                seeds.update(int(round((v - 20) / 10)) for v in batch[:, 0, 2].mean(axis=(1, 2)))
+                seeds.update(int(round((v - 20) / 10)) for v in batch[:, 0, ..., 2].mean(axis=(1, 2)))
     assert ds.skipped == [f"clip {clip_dir(out_dir, 4)}: no track.npz"]
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 3, messages
@@ -252,7 +252,7 @@ def test_export_end_to_end_resumes_and_refuses_other_settings(pod_root, expected
     ):
         export_mp4_dataset.main(**dict(E2E, dataset_location=str(pod_root), out_root=str(tmp_path), seed=4))
     sample = ExportDataset(str(tmp_path), E2E_VERSION, S=8, N=16, crop_size=(64, 96), use_augs=True)[4]
-    assert sample.rgbs.shape == (8, 3, 64, 96) and sample.trajs.shape == (8, 16, 2)
+    assert sample.rgbs.shape == (8, 64, 96, 3) and sample.trajs.shape == (8, 16, 2)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to see the workers die")
@@ -328,7 +328,7 @@ def test_a_selected_split_keeps_its_own_marks(tmp_path, caplog):
     held_out = ExportDataset(str(tmp_path), VERSION, S=S, N=N, crop_size=(H, W))
     held_out.select(slice(3, None))
     assert [p.name for p in held_out.clips] == ["000003", "000004"]
-    seed = int(round((held_out[1].rgbs[0, 2].mean() - 20) / 10))
+    seed = int(round((held_out[1].rgbs[0, ..., 2].mean() - 20) / 10))
     assert seed == 3 and held_out.unreadable.found() == ["000004"] and full.unreadable.found() == []
     (clip_dir(out_dir, 3) / "track.npz").write_bytes(b"")
     with pytest.raises(ValueError, match="no readable clip left"):

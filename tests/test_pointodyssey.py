@@ -140,7 +140,7 @@ def test_corrupt_annotations_leave_out_one_sequence(tmp_path, caplog):
         (message,) = ds.skipped
         assert message.startswith(f"{anno}: not a readable .npz file")
     assert caplog.text.count(f"skipping {anno}: not a readable .npz file") == 2
-    assert train[0].rgbs.shape == (4, 3, 64, 96) and full[1].name == "seq2"
+    assert train[0].rgbs.shape == (4, 64, 96, 3) and full[1].name == "seq2"
 
 
 def _spoil_frames(seq_dir: Path) -> None:
@@ -161,7 +161,7 @@ def test_sequence_unreadable_when_read_is_replaced_and_shared_by_workers(pod_roo
     ]
     assert ds.unreadable.found() == ["seq0"]  # seen from the main process
     for item in items:
-        assert item.rgbs.shape == (4, 3, 64, 96) and item.rgbs.max() > 0
+        assert item.rgbs.shape == (4, 64, 96, 3) and item.rgbs.max() > 0
     # items of seq1 (the second half of the index) are those of the intact copy
     half = len(ds) // 2
     for item, good in zip(items[half:], clean[half:]):
@@ -309,7 +309,7 @@ def test_dataset_clip_index(pod_root):
 def test_dataset_samples(pod_root):
     ds = PointOdysseyDataset(pod_root, "train", S=6, N=48, crop_size=(64, 96), seed=1)
     a = ds[7]
-    assert a.rgbs.shape == (6, 3, 64, 96) and a.rgbs.dtype == np.uint8
+    assert a.rgbs.shape == (6, 64, 96, 3) and a.rgbs.dtype == np.uint8
     assert a.trajs.shape == (6, 48, 2) and a.trajs.dtype == np.float32
     real = a.valids.sum(0) > 0
     n = int(real.sum())
@@ -351,14 +351,14 @@ def test_use_augs_calls_augment_clip(pod_root, monkeypatch):
     ds = PointOdysseyDataset(pod_root, "train", S=4, N=16, crop_size=(64, 96), use_augs=True)
     sample = ds[0]
     assert calls and calls[0][0] == (4, H, W, 3) and calls[0][2] == (64, 96)
-    assert sample.rgbs.shape == (4, 3, 64, 96)
+    assert sample.rgbs.shape == (4, 64, 96, 3)
 
 
 def test_augmented_samples(pod_root):
     ds = PointOdysseyDataset(pod_root, "train", S=6, N=32, crop_size=(64, 96), use_augs=True, seed=2)
     for i in (0, 9):
         a = ds[i]
-        assert a.rgbs.shape == (6, 3, 64, 96) and a.trajs.shape == (6, 32, 2)
+        assert a.rgbs.shape == (6, 64, 96, 3) and a.trajs.shape == (6, 32, 2)
         n = int((a.valids.sum(0) > 0).sum())
         assert n >= 16 and np.all(a.visibs[:2, :n] == 1)
         np.testing.assert_array_equal(ds[i].rgbs, a.rgbs)

@@ -163,7 +163,7 @@ def test_open_data_reads_pointodyssey_layout_and_exports(tmp_path: Path) -> None
     train_data, val_data = train.open_data(str(root), 4, 8, (64, 64), False, 0, 4)
     assert val_data is None  # no val/ split: no validation on training data
     batch = collate_clips([train_data[0], train_data[1]])
-    assert batch.rgbs.shape == (2, 4, 3, 64, 64) and batch.trajs.shape == (2, 4, 8, 2)
+    assert batch.rgbs.shape == (2, 4, 64, 64, 3) and batch.trajs.shape == (2, 4, 8, 2)
 
     export_mp4_dataset.main(
         dataset_location=str(root), S=4, N=8, crop_size=(64, 64), max_clips=4, out_root=str(tmp_path / "exp")
@@ -172,4 +172,4 @@ def test_open_data_reads_pointodyssey_layout_and_exports(tmp_path: Path) -> None
     train_data, val_data = train.open_data(str(folder), 4, 8, (64, 64), False, 0, 4)
     assert len(train_data) + len(val_data) == len(list(folder.glob("*/track.npz")))
     assert not set(train_data.clips) & set(val_data.clips)
-    assert val_data[0].rgbs.shape == (4, 3, 64, 64)
+    assert val_data[0].rgbs.shape == (4, 64, 64, 3)
