@@ -103,7 +103,7 @@ def test_parameter_table_total(model: Pips) -> None:
 
 def test_load_weights_points_at_download_script(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="get_reference_model.sh"):
-        checkpoint.load_weights(tmp_path / "reference_model", Pips())
+        checkpoint.read_weights(tmp_path / "reference_model")
 
 
 def test_directory_load_falls_back_to_newest_intact_checkpoint(tmp_path, model: Pips, caplog) -> None:

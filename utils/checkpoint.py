@@ -129,7 +129,7 @@ def _read_file(p: Path) -> dict[str, Any]:
     return state
 
 
-def _read_newest(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+def read_newest(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     """(file, its dict) of a checkpoint file, or of the newest readable `model-%09d.pth` of a directory;
     each newer one that cannot be read (say, truncated by a full disk) is named in a warning."""
     p = Path(path)
@@ -150,7 +150,7 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint dict on the CPU from a file, or from the newest readable checkpoint of a directory;
     a raw state dict is wrapped as {'model_state_dict': ...}. ValueError naming the file when it is not a
     checkpoint or is truncated."""
-    return _read_newest(path)[1]
+    return read_newest(path)[1]
 
 
 def _step_from_name(p: Path) -> int:
@@ -174,19 +174,35 @@ def load(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     strict: bool = True,
+    optional: tuple[str, ...] = (),
 ) -> int:
     """Load a checkpoint (a file, or a directory's newest readable one) into model (and optimizer,
     scheduler).
 
     Returns the checkpoint's step. Raises FileNotFoundError for a missing path, ValueError naming the file for
-    a corrupt one or, with strict=True, listing the missing and unexpected parameter names.
+    a corrupt one or, with strict=True, listing the missing and unexpected parameter names. Parameters whose
+    names start with one of the `optional` prefixes may be missing from the file: they keep their
+    initialisation, and one warning says so.
     """
-    p, state = _read_newest(path)
+    return load_state(*read_newest(path), model, optimizer, scheduler, strict, optional)
+
+
+def load_state(
+    p: Path,
+    state: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    strict: bool = True,
+    optional: tuple[str, ...] = (),
+) -> int:
+    """`load` for a checkpoint dict already read from file `p` (see read_newest)."""
     target = unwrap(model)
     weights = strip_prefixes(state["model_state_dict"])
+    own = target.state_dict()
+    absent = sorted(k for k in set(own) - set(weights) if optional and k.startswith(optional))
     if strict:
-        own = target.state_dict()
-        missing = sorted(set(own) - set(weights))
+        missing = sorted(set(own) - set(weights) - set(absent))
         unexpected = sorted(set(weights) - set(own))
         wrong = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
         if missing or unexpected or wrong:
@@ -194,7 +210,13 @@ def load(
                 f"checkpoint {p} does not fit the model: missing {len(missing)} {missing[:6]}, "
                 f"unexpected {len(unexpected)} {unexpected[:6]}, wrong shape {len(wrong)} {wrong[:6]}"
             )
-    target.load_state_dict(weights, strict=strict)
+    if absent:
+        prefixes = sorted({prefix for prefix in optional for k in absent if k.startswith(prefix)})
+        log.warning(
+            "checkpoint %s has no %s parameters: they start from their initialisation, untrained",
+            p, ", ".join(f"{prefix}*" for prefix in prefixes),
+        )  # fmt: skip
+    target.load_state_dict(weights, strict=strict and not absent)
     if optimizer is not None:
         if "optimizer_state_dict" not in state:
             raise ValueError(f"checkpoint {p} has no optimizer state")
@@ -206,10 +228,11 @@ def load(
     return int(state["step"])
 
 
-def load_weights(init_dir: str | os.PathLike, model: nn.Module) -> int:
-    """Model weights for evaluation or the demo; a missing checkpoint points at get_reference_model.sh."""
+def read_weights(init_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """read_newest for model weights (evaluation, the demo, fine-tuning): a missing checkpoint points at
+    get_reference_model.sh."""
     try:
-        return load(init_dir, model)
+        return read_newest(init_dir)
     except FileNotFoundError as e:
         raise FileNotFoundError(
             f"{e}. Run ./get_reference_model.sh to download the reference model, or pass --init_dir"
