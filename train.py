@@ -24,13 +24,13 @@ from datasets.exportdataset import ExportDataset
 from datasets.pointodyssey import PointOdysseyDataset
 from datasets.sample import ClipBatch, collate_clips
 from datasets.synthetic import SyntheticClips
-from nets.losses import sequence_loss
+from nets.losses import sequence_loss, visibility_loss
 from nets.pips2 import frames_to_rgbs
 from tracking.predictor import build_model
 from utils import checkpoint, dist, recipes
 from utils.cli import explain_flags, run
 from utils.logger import Logger, Pace, RunningMeans, parameter_table
-from utils.metrics import compute_ate, compute_pips_metrics
+from utils.metrics import compute_ate, compute_pips_metrics, occlusion_accuracy
 from utils.vis import draw_tracks
 
 log = logging.getLogger("train")
@@ -133,11 +133,15 @@ class StepResult:
     loss: torch.Tensor
     trajs_e: torch.Tensor  # B,S,N,2 detached final prediction
     batch: ClipBatch  # as fed to the model (after the transpose augmentation)
+    vis_e: torch.Tensor | None = None  # B,S,N detached visibility logits, with a visibility head
 
 
-def run_model(model, batch: ClipBatch, iters: int, g: torch.Generator, train: bool) -> StepResult:
+def run_model(
+    model, batch: ClipBatch, iters: int, g: torch.Generator, train: bool, vis_weight: float = 1.0
+) -> StepResult:
     """One forward + loss. In training, half of the batches are transposed (H<->W) and tracks start from
-    the official random init; validation starts from zero velocity."""
+    the official random init; validation starts from zero velocity. With a visibility head the loss adds
+    vis_weight times its visibility_loss."""
     frames, trajs_g, visibs, valids = batch  # frames B,S,H,W,3 uint8
     if train and torch.rand((), generator=g) < 0.5:
         frames, trajs_g = frames.transpose(2, 3), trajs_g.flip(-1)  # H<->W, and x<->y with them
@@ -145,7 +149,12 @@ def run_model(model, batch: ClipBatch, iters: int, g: torch.Generator, train: bo
     trajs_e0 = initial_trajs(trajs_g, g, H, W) if train else trajs_g[:, :1].expand_as(trajs_g).clone()
     out = model(trajs_e0, frames_to_rgbs(frames), iters=iters)
     loss = sequence_loss([c.float() for c in out.preds], trajs_g, valids, gamma=0.8)
-    return StepResult(loss, out.tracks.detach().float(), ClipBatch(frames, trajs_g, visibs, valids))
+    vis_e = None
+    if out.vis is not None:
+        loss = loss + vis_weight * visibility_loss(out.vis, out.conf, out.tracks, trajs_g, visibs, valids)
+        vis_e = out.vis.detach().float()
+    batch = ClipBatch(frames, trajs_g, visibs, valids)
+    return StepResult(loss, out.tracks.detach().float(), batch, vis_e)
 
 
 def metrics_of(res: StepResult) -> dict[str, float]:
@@ -153,6 +162,8 @@ def metrics_of(res: StepResult) -> dict[str, float]:
     H, W = res.batch.rgbs.shape[2:4]
     m = compute_pips_metrics(res.trajs_e, trajs_g, valids, H, W)
     m.update(compute_ate(res.trajs_e, trajs_g, visibs, valids))
+    if res.vis_e is not None:
+        m["occlusion_accuracy"] = occlusion_accuracy(torch.sigmoid(res.vis_e), visibs, valids)
     return m
 
 
@@ -173,7 +184,7 @@ class TrainStep(NamedTuple):
     skipped: bool  # a non-finite loss or gradient: no update was made
 
 
-def train_step(net, params, optimizer, data, g, iters, grad_acc, grad_clip, device) -> TrainStep:
+def train_step(net, params, optimizer, data, g, iters, grad_acc, grad_clip, device, vis_weight) -> TrainStep:
     """Forward/backward over grad_acc micro-batches, gradient clipping and one optimizer step.
 
     Every rank agrees on skipping a step with a non-finite loss, so DDP never waits on a missing backward.
@@ -186,7 +197,7 @@ def train_step(net, params, optimizer, data, g, iters, grad_acc, grad_clip, devi
         batch = next(data).to(device)
         t_iter = time.time()
         rtime += t_iter - t_read
-        res = run_model(net, batch, iters, g, train=True)
+        res = run_model(net, batch, iters, g, train=True, vis_weight=vis_weight)
         if dist.all_reduce_mean(torch.isfinite(res.loss).float()).item() < 1.0:
             optimizer.zero_grad(set_to_none=True)
             return TrainStep(float("nan"), res, rtime, itime, True)
@@ -278,6 +289,9 @@ def main(
     run_name: str = "",  # '' = a new name from the config and the time
     resume: bool = False,  # continue run_name (or the newest run in ckpt_dir) from its latest checkpoint
     init_ckpt: str = "",  # start from these weights only (a file or a checkpoint directory)
+    vis_head: bool = False,  # also train a visibility head (visibility and confidence, BCE on visibs)
+    vis_weight: float = 1.0,  # weight of the visibility head's loss beside the tracking loss
+    head_only: bool = False,  # train only the visibility head; the backbone (from --init_ckpt) is frozen
     log_dir: str = "./logs_train",  # TensorBoard logs and config.json, per run
     ckpt_dir: str = "./checkpoints",  # checkpoints, per run
     device: str = "",  # '' = cuda if available, else mps, else cpu
@@ -310,9 +324,17 @@ def main(
     run_name = run_name or f"{B}_{S}_{N}_i{iters}_{lr:.0e}_{time.strftime('%Y%m%d_%H%M%S')}"
     run_ckpt, run_log = ckpt_root / run_name, Path(log_dir) / run_name
 
-    model = build_model(None if resume else init_ckpt or None, info.device, job="train", fast=fast)
+    vis_head, head_only = vis_head or bool(saved.get("vis_head")), head_only or bool(saved.get("head_only"))
+    config.update(vis_head=vis_head, head_only=head_only)  # a resumed run keeps its head
+    if head_only and not (init_ckpt or resume):
+        raise ValueError("--head_only trains the visibility head on a trained backbone: give it --init_ckpt")
+    with_head = vis_head or head_only
+    model = build_model(None if resume else init_ckpt or None, info.device, "train", fast, vis_head=with_head)
     dtype = model.fast_dtype if model.fast else None
     model.norm.requires_grad_(False)  # unused by the forward; kept only for checkpoint compatibility
+    if head_only:
+        model.requires_grad_(False)
+        model.vis_head.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=1e-8)
     scheduler = None
@@ -354,7 +376,9 @@ def main(
         step += 1
         t0 = time.time()
         g = step_generator(seed, step, info.rank)
-        out = train_step(net, params, optimizer, train_iter, g, iters, plan.grad_acc, grad_clip, info.device)
+        out = train_step(
+            net, params, optimizer, train_iter, g, iters, plan.grad_acc, grad_clip, info.device, vis_weight
+        )
         if out.skipped:
             bad_steps += 1
             log.warning("step %d: non-finite loss or gradient; step skipped (%d in a row)", step, bad_steps)
@@ -385,13 +409,15 @@ def main(
                 flush=True,  # also when piped to a log file
             )
         if val_iter is not None and (step % plan.val_freq == 0 or step == start + 1):
-            val = validate(net, next(val_iter).to(info.device), iters * 2, logger, step, plan.log_freq)
+            val = validate(
+                net, next(val_iter).to(info.device), iters * 2, logger, step, plan.log_freq, vis_weight
+            )
             pools_v.update(val)
             if info.is_main:  # after the step's line, which it would delay; its own line, as d_v lags
-                print(
-                    f"{run_name}; validation at step {step}: d_avg {val['d_avg']:.1f} loss {val['loss']:.2f}",
-                    flush=True,
-                )
+                line = f"{run_name}; validation at step {step}: d_avg {val['d_avg']:.1f}"
+                if "occlusion_accuracy" in val:
+                    line += f"; occlusion_accuracy {val['occlusion_accuracy']:.1f}"
+                print(f"{line}; loss {val['loss']:.2f}", flush=True)
     if info.is_main and dataset_location:
         for split, data in (("training", train_data), ("validation", val_data)):
             skipped = skipped_data(data)
@@ -404,10 +430,12 @@ def main(
 
 
 @torch.no_grad()
-def validate(model, batch: ClipBatch, iters: int, logger: Logger, step: int, log_freq: int):
+def validate(
+    model, batch: ClipBatch, iters: int, logger: Logger, step: int, log_freq: int, vis_weight: float
+):
     """Metrics of one held-out batch, tracked from zero velocity with 2x iterations."""
     model.eval()
-    res = run_model(model, batch, iters, torch.Generator(), train=False)
+    res = run_model(model, batch, iters, torch.Generator(), train=False, vis_weight=vis_weight)
     if step % log_freq == 0:
         logger.gif("val/trajs_e_on_rgbs", tracks_gif(res), step)
     return {**metrics_of(res), "loss": res.loss.item()}
