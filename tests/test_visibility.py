@@ -16,6 +16,7 @@ from datasets.sample import collate_clips
 from datasets.synthetic import SyntheticClips
 from nets.losses import visibility_loss
 from nets.pips2 import VIS_HEAD_PREFIX, Pips, frames_to_rgbs
+from tracking.evaluate import frame0_jaccard
 from tracking.predictor import PipsTracker, build_model
 from utils import checkpoint
 from utils.metrics import occlusion_accuracy
@@ -204,3 +205,23 @@ def test_on_tap_reports_aj_and_oa_with_a_head(tmp_path: Path) -> None:
 def read_row(path: Path) -> dict:
     (row,) = json.loads(path.read_text())["videos"]
     return row
+
+
+def test_frame0_jaccard_by_hand() -> None:
+    T, size = 3, (64, 128)  # the TAP-Vid space scales x by 2 and y by 4
+    gt = np.zeros((T, 2, 2), np.float32)
+    gt[:, 0] = [10.0, 10.0]
+    gt[:, 1] = [40.0, 20.0]
+    visibs = np.ones((T, 2), np.float32)
+    visibs[2, 1] = 0  # point 1 hidden at frame 2
+    tracks = torch.from_numpy(gt.copy())[None]
+    tracks[0, 1, 0, 0] += 3.0  # frame 1, point 0: 3 px off in x = 6 px in the 256 space
+    seen = torch.from_numpy(visibs)[None]
+    # frames 1 and 2 count: 3 visible entries; point 0 at frame 1 is within 8 and 16 only
+    # jaccard_thr = correct / (visible + false positives): thr 1,2,4: 2/(3+1); thr 8,16: 3/3
+    expected = (3 * 2 / 4 + 2 * 1.0) / 5 * 100
+    assert frame0_jaccard(tracks, seen, gt, visibs, size) == pytest.approx(expected)
+    everywhere = torch.ones_like(seen)  # the hidden entry predicted visible: one more false positive
+    assert frame0_jaccard(tracks, everywhere, gt, visibs, size) == pytest.approx(
+        (3 * 2 / 5 + 2 * 3 / 4) / 5 * 100
+    )
