@@ -72,7 +72,7 @@ def test_overfits_one_fixed_batch() -> None:
     losses = []
     for _ in range(30):
         g = torch.Generator().manual_seed(0)  # the same initial tracks every step: a fixed problem
-        out = train.train_step(model, params, opt, itertools.repeat(batch), g, 2, 1, 5.0, "cpu")
+        out = train.train_step(model, params, opt, itertools.repeat(batch), g, 2, 1, 5.0, "cpu", 0.0)
         assert not out.skipped
         losses.append(out.loss)
     assert losses[-1] < 0.5 * losses[0], losses
@@ -87,7 +87,7 @@ def test_non_finite_loss_skips_the_step() -> None:
     opt = torch.optim.AdamW(params, lr=5e-4)
     before = [p.detach().clone() for p in params]
     out = train.train_step(
-        model, params, opt, iter([collate_clips([sample])]), torch.Generator(), 1, 1, 5.0, "cpu"
+        model, params, opt, iter([collate_clips([sample])]), torch.Generator(), 1, 1, 5.0, "cpu", 0.0
     )
     assert out.skipped
     assert all(torch.equal(a, b) for a, b in zip(before, params))
