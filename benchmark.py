@@ -5,6 +5,7 @@
     python benchmark.py --S 24 --N 512 --H 384 --W 512  # one custom shape
     python benchmark.py --preset train-memory           # training steps, recomputation off and on
     python benchmark.py --agree_ckpt ./checkpoints/<run> # fast vs exact tracks, trained weights
+    python benchmark.py --videos 250,1000,4000          # PipsTracker through generated videos
 
 Each row is timed after warm-up (CUDA events on CUDA), median and min over the repeats. FLOPs are counted
 with torch's FlopCounterMode on one step of the exact path (the fused kernel is invisible to the counter)
@@ -21,6 +22,10 @@ With --agree_ckpt, the weights of a trained model track held-out synthetic clips
 paths (the fast path autocasts per --precision, on CPU too); it reports the distance between the two paths'
 tracks and each path's d_avg. Random weights would not do: their iterations amplify rounding rather than
 converge.
+
+With --videos, PipsTracker (random weights, exact path) tracks two points through generated mp4 videos of each
+length at a small size, queried at the last frame (all backward) and at frame 0: wall time, time per video
+frame, peak memory (growth of peak RSS on CPU, max allocated on CUDA) and frames decoded per video frame.
 """
 
 import contextlib
@@ -30,13 +35,13 @@ import multiprocessing
 import platform
 import resource
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-import fire
 import torch
 from prettytable import PrettyTable
 from torch.utils.flop_counter import FlopCounterMode
@@ -46,11 +51,13 @@ from datasets.sample import collate_clips
 from datasets.synthetic import SyntheticClips
 from nets import corr_triton
 from nets.losses import sequence_loss
-from nets.pips2 import Pips
-from utils import checkpoint
-from utils.cli import explain_flags
+from nets.pips2 import Pips, frames_to_rgbs
+from tracking.frames import VideoFileFrames
+from tracking.predictor import PipsTracker, build_model
+from utils.cli import explain_flags, run
 from utils.dist import pick_device
 from utils.metrics import compute_pips_metrics
+from utils.video import write_video
 
 AGREE_SEED = 2_000_003  # clips of the agreement check: neither train.py's training nor its validation clips
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -123,7 +130,7 @@ def make_step(model: Pips, cfg: Config, inputs: dict[str, torch.Tensor]) -> Call
 
     def train_step() -> None:
         out = model(inputs["trajs_e0"], inputs["rgbs"], iters=cfg.iters)
-        sequence_loss(out.coords[:-1], inputs["trajs_g"], inputs["valids"]).backward()
+        sequence_loss(out.preds, inputs["trajs_g"], inputs["valids"]).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -200,11 +207,15 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def _memory_kind(device: torch.device) -> str:
+    return "CUDA max_memory_allocated" if device.type == "cuda" else "growth of peak RSS"
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
 
 
-def build_model(
+def timed_model(
     device: torch.device,
     seed: int,
     fast: bool,
@@ -213,7 +224,7 @@ def build_model(
     recompute: bool = False,
 ) -> Pips:
     torch.manual_seed(seed)
-    model = Pips().to(device).set_fast(fast, dtype).set_recompute(recompute)
+    model = build_model(None, device, fast=False).set_fast(fast, dtype).set_recompute(recompute)
     if fast and compile_parts:
         model.compile_parts()
     return model
@@ -236,7 +247,7 @@ def _is_out_of_memory(error: BaseException) -> bool:
 
 def exact_flops(cfg: Config, device: torch.device, inputs: dict, seed: int, dtype: torch.dtype) -> int | None:
     """FLOPs of one step of the exact path, everything stored (credited to every row of the config)."""
-    return count_flops(make_step(build_model(device, seed, False, dtype, False), cfg, inputs))
+    return count_flops(make_step(timed_model(device, seed, False, dtype, False), cfg, inputs))
 
 
 def measure_in_process(
@@ -245,7 +256,7 @@ def measure_in_process(
 ) -> dict:  # fmt: skip
     """Step times and peak memory (CUDA allocator peak, or growth of peak RSS) of one row in this process."""
     try:
-        step = make_step(build_model(device, seed, path == "fast", dtype, compile, recompute), cfg, inputs)
+        step = make_step(timed_model(device, seed, path == "fast", dtype, compile, recompute), cfg, inputs)
         baseline = _reset_peak(device)
         times = time_step(step, device, warmup, repeats)
     except torch.cuda.OutOfMemoryError:
@@ -262,7 +273,7 @@ def measure_training_row(
     kind of step, so the count does not raise the peak)."""
     inputs = make_inputs(cfg, device, seed)
     flops = exact_flops(cfg, device, inputs, seed, dtype) if count else None
-    step = make_step(build_model(device, seed, path == "fast", dtype, compile, recompute), cfg, inputs)
+    step = make_step(timed_model(device, seed, path == "fast", dtype, compile, recompute), cfg, inputs)
     times = time_step(step, device, warmup, repeats)
     return {"flops": flops, "times_s": times, "peak_gib": _proc_status_kib("VmHWM") / 2**20}
 
@@ -364,8 +375,7 @@ def measure_agreement(
     exact and the fast path (autocast to `dtype`); the per-point distance between the two paths' tracks
     (pixels, frames 1..S-1) and each d_avg."""
     S, N, H, W, iters = shape
-    model = Pips().to(device).eval()
-    checkpoint.load(ckpt, model)
+    model = build_model(ckpt, device, fast=False)
     data = SyntheticClips(S, N, (H, W), length=clips, seed=AGREE_SEED + seed)
     dists, d_avg = [], {"exact": [], "fast": []}
     for i in tqdm(range(clips), desc="agreement"):
@@ -374,7 +384,7 @@ def measure_agreement(
         tracks = {}
         for path in ("exact", "fast"):
             model.set_fast(path == "fast", dtype)
-            tracks[path] = model(trajs_e0, rgbs.float(), iters=iters).coords[-1]
+            tracks[path] = model(trajs_e0, frames_to_rgbs(rgbs), iters=iters).tracks
             d_avg[path].append(compute_pips_metrics(tracks[path], trajs_g, valids, H, W)["d_avg"])
         dists.append((tracks["fast"] - tracks["exact"])[:, 1:].norm(dim=-1).flatten().cpu())
     dist = torch.cat(dists).double()
@@ -384,6 +394,75 @@ def measure_agreement(
         "median_px": dist.median().item(), "mean_px": dist.mean().item(), "p90_px": dist.quantile(0.9).item(),
         "d_avg_exact": statistics.mean(d_avg["exact"]), "d_avg_fast": statistics.mean(d_avg["fast"]),
     }  # fmt: skip
+
+
+VIDEO_SIZE = (64, 64)  # H,W of the generated videos, which is also the model's resolution
+
+
+def long_video(path: Path, T: int, seed: int) -> None:
+    """A T-frame mp4 of a random texture drifting one pixel per frame (to the right, wrapping around)."""
+    texture = torch.randint(0, 256, (*VIDEO_SIZE, 3), generator=torch.Generator().manual_seed(seed))
+    frames = texture.to(torch.uint8).numpy()
+    write_video(
+        path, (frames.take(range(-t, VIDEO_SIZE[1] - t), axis=1, mode="wrap") for t in range(T)), fps=25
+    )
+
+
+def measure_video(tracker: PipsTracker, path: Path, T: int, where: str) -> dict:
+    """One tracker call with both queries at frame T-1 ('last') or 0 ('first')."""
+    t = T - 1 if where == "last" else 0
+    queries = [[t, 20.0, 20.0], [t, 40.0, 30.0]]
+    opened: list[VideoFileFrames] = []
+    real_init = VideoFileFrames.__init__
+
+    def recording_init(source: VideoFileFrames, *args: object, **kwargs: object) -> None:
+        real_init(source, *args, **kwargs)
+        opened.append(source)
+
+    device = tracker.device
+    VideoFileFrames.__init__ = recording_init
+    try:
+        baseline = _reset_peak(device)
+        began = time.perf_counter()
+        tracks = tracker(path, queries=queries)
+        seconds = time.perf_counter() - began
+        peak = _read_peak_gib(device, baseline)
+    finally:
+        VideoFileFrames.__init__ = real_init
+    return {
+        "frames": T, "queries_at": where, "tracked_frames": len(tracks), "seconds": seconds,
+        "ms_per_frame": 1000 * seconds / T, "peak_mib": None if peak is None else peak * 1024,
+        "decodes_per_frame": sum(source.frames_read for source in opened) / T,
+    }  # fmt: skip
+
+
+def run_videos(lengths: list[int], device: torch.device, seed: int, progress: tqdm) -> list[dict]:
+    torch.manual_seed(seed)
+    tracker = PipsTracker(
+        build_model(None, device, fast=False), S=16, iters=1, image_size=VIDEO_SIZE, fast=False
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        long_video(Path(tmp) / "warmup.mp4", 20, seed)
+        for where in ("last", "first"):  # first calls allocate what later ones reuse: keep them out
+            measure_video(tracker, Path(tmp) / "warmup.mp4", 20, where)
+        for T in lengths:
+            path = Path(tmp) / f"video_{T}.mp4"
+            long_video(path, T, seed)
+            for where in ("last", "first"):
+                rows.append(measure_video(tracker, path, T, where))
+                progress.update()
+            path.unlink()
+    return rows
+
+
+def videos_table(rows: list[dict]) -> PrettyTable:
+    table = PrettyTable(["frames", "queries at", "seconds", "ms/frame", "peak MiB", "decodes/frame"])
+    for r in rows:
+        peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.1f}"
+        table.add_row([r["frames"], r["queries_at"], f"{r['seconds']:.2f}", f"{r['ms_per_frame']:.2f}", peak,
+                       f"{r['decodes_per_frame']:.3f}"])  # fmt: skip
+    return table
 
 
 def agreement_table(a: dict) -> PrettyTable:
@@ -468,8 +547,23 @@ def main(
     out: str = "benchmark.json",  # JSON with every row and the environment
     agree_ckpt: str = "",  # trained weights (file or run dir): compare the paths' tracks instead of timing
     agree_clips: int = 8,  # clips of the agreement check (S16 N64 128x192 i8, or the custom shape if --S > 0)
+    videos: str = "",  # video lengths, e.g. 250,1000,4000: time PipsTracker through them
 ) -> None:
     dev = pick_device(device)
+    if videos:
+        try:
+            lengths = [int(v) for v in videos.split(",")]
+        except ValueError:
+            raise ValueError(f"videos must be comma-separated frame counts, got {videos!r}") from None
+        if not lengths or min(lengths) < 2:
+            raise ValueError(f"videos must be lengths of at least 2 frames, got {videos!r}")
+        with tqdm(total=2 * len(lengths), desc="videos") as progress:
+            rows = run_videos(lengths, dev, seed, progress)
+        print(videos_table(rows))
+        env = {"device": device_name(dev), "torch": torch.__version__, "memory": _memory_kind(dev)}
+        Path(out).write_text(json.dumps({"env": env, "videos": rows}, indent=2))
+        print(f"wrote {out}")
+        return
     if agree_ckpt:
         shape = (S, N, H, W, iters) if S > 0 else (16, 64, 128, 192, 8)
         dtype = fast_dtype(precision, train=False)
@@ -498,7 +592,7 @@ def main(
             )  # fmt: skip
     compare_recompute(rows)
     print(format_table(rows, official=dev.type == "cuda"))
-    memory = "CUDA max_memory_allocated" if dev.type == "cuda" else "growth of peak RSS"
+    memory = _memory_kind(dev)
     if dev.type == "cpu" and any(cfg.train for cfg in chosen):
         memory += f"; training rows: peak RSS of each row's own process, capped at {mem_cap_gib:.1f} GiB"
     print(f"peak GiB: {memory}")
@@ -517,4 +611,4 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

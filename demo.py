@@ -5,27 +5,25 @@ python demo.py --filename video.mp4 --queries q.txt     # your own points: rows 
 python demo.py --filename frames/ --random_weights      # smoke run without the checkpoint
 
 Writes <out_dir>/<name>_tracks.mp4 (each track a dot with a fading trail, coloured by where it starts,
-at the video's resolution) and <name>_tracks.npz (tracks T,N,2 in video pixels, queries N,3, fps).
+at the video's resolution; hollow while the visibility head says it is hidden) and <name>_tracks.npz (tracks
+T,N,2 in video pixels, queries N,3, fps; with a visibility head also visibility and confidence T,N, the
+probabilities that a point is visible and that its track is within a few pixels).
 Long videos stream through window by window; only the tracks are held for the whole video.
 """
 
 import io
 import math
-import sys
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import fire
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from nets.api import PipsTracker, check_queries, grid_queries
-from nets.pips2 import Pips
-from utils.cli import explain_flags
-from utils.dist import pick_device
+from tracking.predictor import PipsTracker, build_model, check_queries, grid_queries
+from utils.cli import explain_flags, run
 from utils.logger import Logger
 from utils.video import VideoWriter, read_video, video_info
 from utils.vis import colors_by_position, draw_tracks
@@ -72,17 +70,25 @@ def _even(frames: np.ndarray) -> np.ndarray:
 
 
 def drawn_frames(
-    filename: str, tracks: np.ndarray, colors: np.ndarray, trail: int, radius: int, chunk: int
+    filename: str,
+    tracks: np.ndarray,
+    visible: np.ndarray | None,
+    colors: np.ndarray,
+    trail: int,
+    radius: int,
+    chunk: int,
 ) -> Iterator[np.ndarray]:
-    """The video's first T frames with the tracks T,N,2 drawn, streamed in chunks of frames T',H,W,3.
-    Each chunk is drawn after the last `trail` frames of the previous one so the trails run on."""
+    """The video's first T frames with the tracks T,N,2 drawn (hollow where `visible` T,N is False),
+    streamed in chunks of frames T',H,W,3. Each chunk is drawn after the last `trail` frames of the previous
+    one so the trails run on."""
     history = None  # the last frames of the previous chunk
     start = 0
     for frames in _chunks(read_video(filename, max_frames=len(tracks)), chunk):
         ctx = 0 if history is None else len(history)
         both = frames if history is None else np.concatenate([history, frames])  # ctx+T',H,W,3
         end = start + len(frames)
-        drawn = draw_tracks(both, tracks[start - ctx : end], colors=colors, trail=trail, radius=radius)
+        vis = None if visible is None else visible[start - ctx : end]
+        drawn = draw_tracks(both, tracks[start - ctx : end], vis, colors=colors, trail=trail, radius=radius)
         yield drawn[ctx:]
         history = both[max(len(both) - trail, 0) :] if trail > 0 else None
         start = end
@@ -111,43 +117,51 @@ def main(
         raise ValueError("no video given: pass --filename <video file or folder of frames>")
     if max_frames < 0:
         raise ValueError(f"max_frames must be >= 0, got {max_frames}")
-    info = video_info(filename)
+    info = video_info(filename)  # the container's frame count: no decoding
     T = min(max_frames, info.num_frames) if max_frames else info.num_frames
-    dev = pick_device(device)
     if random_weights:
         torch.manual_seed(0)
-        tracker = PipsTracker(Pips().to(dev), S=S, iters=iters, image_size=image_size, fast=fast)
-    else:
-        tracker = PipsTracker.from_checkpoint(
-            init_dir, dev, S=S, iters=iters, image_size=image_size, fast=fast
-        )
+    model = build_model(None if random_weights else init_dir, device, fast=fast, log=print)
+    tracker = PipsTracker(model, S=S, iters=iters, image_size=image_size, fast=fast)
     if queries:
         query_rows = check_queries(load_queries(queries), T, info.height, info.width)  # N,3
     else:
         query_rows = grid_queries(round(math.sqrt(N)), info.height, info.width, tracker.image_size)  # N,3
-    # track() reports the frames of each forward pass: one pass per distinct query frame t, T-1-t frames
-    total = sum(T - 1 - t for t in query_rows[:, 0].unique().long().tolist())
+    # each distinct query frame is a forward and a backward pass that together track T-1 frames
+    total = (T - 1) * len(query_rows[:, 0].unique())
     began = time.perf_counter()
     with tqdm(total=total, desc="tracking", unit="frame") as bar:
-        tracks = tracker(filename, queries=query_rows, max_frames=T, progress=bar.update)  # T,N,2
+        result = tracker.predict(filename, queries=query_rows, max_frames=T, progress=bar.update)
+    tracks = result.tracks  # T',N,2
     seconds = time.perf_counter() - began
+    if len(tracks) < T:
+        print(f"the video holds {len(tracks)} readable frames of the {T} its container announces")
+    T = len(tracks)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = Path(filename).resolve().stem
     video_fps = info.fps or fps or 24.0
     npz_path = out / f"{name}_tracks.npz"
-    np.savez(npz_path, tracks=tracks, queries=query_rows.numpy(), fps=np.float32(video_fps))
+    head = (
+        {}
+        if result.visibility is None
+        else {"visibility": result.visibility, "confidence": result.confidence}
+    )
+    np.savez(npz_path, tracks=tracks, queries=query_rows.numpy(), fps=np.float32(video_fps), **head)
     video_path = out / f"{name}_tracks.mp4"
     colors = colors_by_position(query_rows[:, 1:].numpy(), info.height, info.width)  # N,3
     radius = max(2, round(min(info.height, info.width) / 180))
     log = Logger(log_dir, enabled=bool(log_dir))
     with VideoWriter(video_path, fps=fps or video_fps) as writer:
-        drawn = drawn_frames(filename, tracks, colors, trail, radius, chunk=S)
-        for step, frames in enumerate(tqdm(drawn, desc="drawing", unit="window", total=-(-T // S))):
-            for frame in _even(frames):
-                writer.write(frame)
-            log.gif("outputs/tracks", frames, step, fps=round(fps or video_fps))
+        visible = None if result.visibility is None else result.visibility > 0.5
+        drawn = drawn_frames(filename, tracks, visible, colors, trail, radius, chunk=S)
+        with tqdm(total=T, desc="drawing", unit="frame") as bar:
+            for step, frames in enumerate(drawn):
+                for frame in _even(frames):
+                    writer.write(frame)
+                log.gif("outputs/tracks", frames, step, fps=round(fps or video_fps))
+                bar.update(len(frames))
     log.close()
     speed = f"{T / seconds:.2f} frames/s"
     print(f"tracked {len(query_rows)} points through {T} frames in {seconds:.1f} s ({speed})")
@@ -155,7 +169,4 @@ def main(
 
 
 if __name__ == "__main__":
-    try:
-        fire.Fire(main)
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {' '.join(str(err).split())}")
+    run(main)

@@ -13,12 +13,11 @@ from typing import Any
 
 import torch
 
-from nets.api import PipsTracker
 from nets.pips2 import Pips
-from utils.checkpoint import latest_checkpoint, load_weights
-from utils.dist import pick_device
+from tracking.predictor import PipsTracker, build_model
+from utils.checkpoint import latest_checkpoint
 
-dependencies = ["einops", "imageio", "imageio_ffmpeg", "numpy", "torch"]
+dependencies = ["cv2", "einops", "imageio", "imageio_ffmpeg", "numpy", "torch"]
 
 REPO_DIR = Path(__file__).resolve().parent
 REFERENCE_DIR = REPO_DIR / "reference_model"
@@ -38,17 +37,18 @@ def _reference_dir() -> Path:
     return REFERENCE_DIR
 
 
-def pips2(pretrained: bool = False) -> Pips:
-    """The PIPs++ network; pretrained=True loads the published reference weights."""
-    model = Pips()
-    if pretrained:
-        load_weights(_reference_dir(), model)
-    return model
+def pips2(pretrained: bool = False, vis_head: bool | None = None) -> Pips:
+    """The PIPs++ network on the CPU, exact float32 path; pretrained=True loads the published reference
+    weights. vis_head: with the visibility head (None = as the weights have it); the reference weights
+    have none, so with vis_head=True its head starts untrained."""
+    return build_model(_reference_dir() if pretrained else None, "cpu", fast=False, vis_head=vis_head)
 
 
 def pips2_tracker(
     pretrained: bool = True, device: torch.device | str | None = None, **kwargs: Any
 ) -> PipsTracker:
-    """A PipsTracker (nets/api.py) on `device` (None = best available); kwargs: S, iters, image_size, fast."""
-    dev = pick_device(str(device) if device is not None else "")
-    return PipsTracker(pips2(pretrained).to(dev), device=dev, **kwargs)
+    """A PipsTracker (tracking/predictor.py) on `device` (None = best available); kwargs: S, iters,
+    image_size, fast. `tracker.predict(...)` gives visibility and confidence beside the tracks where the
+    weights have a visibility head."""
+    model = build_model(_reference_dir() if pretrained else None, "" if device is None else device)
+    return PipsTracker(model, **kwargs)

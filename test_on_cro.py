@@ -2,31 +2,9 @@
 head-box centres visible at frames 0 and 1 as queries, frames read window by window and resized to
 image_size, and d_avg, survival_16 and median_l2 at that resolution on the valid frames."""
 
-import sys
-
-import fire
-import torch
-
-from datasets.crohd import CroHD, CroHDClip
-from utils.cli import explain_flags
-from utils.evaluation import (
-    EvalVideo,
-    ImageFiles,
-    check_image_size,
-    evaluate_and_report,
-    load_model,
-    scale_tracks,
-)
-
-
-def to_eval_video(clip: CroHDClip, size: tuple[int, int], device: torch.device) -> EvalVideo:
-    return EvalVideo(
-        name=clip.name,
-        frames=ImageFiles(clip.frame_paths, size, device),
-        image_hw=size,
-        trajs_g=scale_tracks(clip.trajs, clip.image_hw, size),
-        valids=clip.valids,
-    )
+from datasets.crohd import CroHD
+from tracking.evaluate import EvalProtocol, check_image_size, evaluate_and_report
+from utils.cli import explain_flags, run
 
 
 @explain_flags
@@ -47,18 +25,9 @@ def main(
     random_weights: bool = False,  # skip the checkpoint (smoke runs)
 ) -> None:
     config = dict(locals())
-    size = check_image_size(image_size)
-    model, dev = load_model(init_dir, device, random_weights, fast)
-    dataset = CroHD(dataset_location, S=clip_len, S_min=min_clip_len)
-    num_videos = len(dataset) if max_videos is None else min(max_videos, len(dataset))
-    videos = (to_eval_video(dataset[i], size, dev) for i in range(num_videos))
-    evaluate_and_report(
-        model, videos, num_videos, S=S, iters=iters, log_dir=log_dir, log_gifs=log_gifs, config=config
-    )
+    protocol = EvalProtocol(check_image_size(image_size), resize="cv2", S=S, iters=iters)
+    evaluate_and_report(CroHD(dataset_location, S=clip_len, S_min=min_clip_len), protocol, config)
 
 
 if __name__ == "__main__":
-    try:
-        fire.Fire(main)
-    except FileNotFoundError as err:
-        sys.exit(f"error: {err}")
+    run(main)

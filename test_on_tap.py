@@ -4,29 +4,28 @@
    resized to image_size; d_avg, survival_16 and median_l2 on the visible frames.
 2. The TAP-Vid benchmark: queries at each point's first visible frame ('first') or at every 5th frame
    where it is visible ('strided'), tracked forward and backward at image_size, scored in the 256x256
-   TAP-Vid space. <delta_avg is reported; AJ and OA need a visibility estimate, which PIPs++ does not
-   make, so they are n/a (null in the JSON).
+   TAP-Vid space. <delta_avg is reported, and with a visibility head (Pips(vis_head=True)) AJ and OA
+   too; without one they are n/a (null in the JSON).
 """
 
-import sys
 from collections.abc import Sequence
 
-import fire
 import numpy as np
 import torch
 
-from datasets.tapvid import TapVidDavis, TapVidVideo
-from nets.pips2 import Pips
-from nets.tracker import FrameSource, ResizedFrames, TensorFrames, track
-from utils.cli import explain_flags
-from utils.evaluation import (
-    EvalVideo,
+from datasets.sample import EvalSequence
+from datasets.tapvid import TapVidDavis
+from nets.tracker import WindowModel, track
+from tracking.evaluate import (
+    EvalProtocol,
+    ExtraMetrics,
     Metrics,
     check_image_size,
     evaluate_and_report,
-    load_model,
     scale_tracks,
 )
+from tracking.frames import Frames
+from utils.cli import explain_flags, run
 from utils.metrics import (
     TAPVID_QUERY_MODES,
     TAPVID_THRESHOLDS,
@@ -39,56 +38,55 @@ TAPVID_SIZE = (256, 256)  # H,W of the space the TAP-Vid metrics are computed in
 
 
 def tapvid_metrics(
-    model: Pips, frames: FrameSource, size: tuple[int, int], clip: TapVidVideo, mode: str, S: int, iters: int
-) -> Metrics:
-    """TAP-Vid metrics of one video in one query mode, in percent; AJ and OA are None."""
-    gt_tracks = scale_tracks(clip.trajs, clip.image_hw, size).transpose(1, 0, 2)  # N,T,2
-    gt_occluded = clip.visibs.T == 0  # N,T
+    model: WindowModel, frames: Frames, size: tuple[int, int], seq: EvalSequence, mode: str, S: int,
+    iters: int,
+) -> Metrics:  # fmt: skip
+    """TAP-Vid metrics of one video in one query mode, in percent. AJ and OA need the visibility head's
+    estimate (occluded where its probability of visible is below 0.5); without it they are None."""
+    gt_tracks = scale_tracks(seq.trajs, seq.image_hw, size).transpose(1, 0, 2)  # N,T,2
+    gt_occluded = seq.visibs.T == 0  # N,T
     sample = sample_queries_first if mode == "first" else sample_queries_strided
     queries = sample(gt_occluded, gt_tracks)
     prefix = f"tapvid_{mode}/"
     out: Metrics = {f"{prefix}average_jaccard": None, f"{prefix}occlusion_accuracy": None}
     if queries.point_index.size == 0:
         return {f"{prefix}delta_avg": float("nan"), **out}
-    device = next(model.parameters()).device
+    device = frames.device
     txy = torch.from_numpy(queries.query_points[..., [0, 2, 1]]).to(device)  # 1,Q,3 as (t,x,y)
-    pred = track(model, frames, txy, S=S, iters=iters).float().cpu().numpy()  # 1,T,Q,2
+    result = track(model, frames, txy, S=S, iters=iters)
+    pred = result.tracks.float().cpu().numpy()  # 1,T,Q,2
     pred_tracks = scale_tracks(pred.transpose(0, 2, 1, 3), size, TAPVID_SIZE)  # 1,Q,T,2
+    if result.vis is None:
+        pred_occluded = np.zeros_like(queries.gt_occluded)
+    else:
+        pred_occluded = (result.vis < 0).cpu().numpy().transpose(0, 2, 1)  # 1,Q,T: sigmoid below 0.5
     scores = compute_tapvid_metrics(
         queries.query_points,
         queries.gt_occluded,
         scale_tracks(queries.gt_tracks, size, TAPVID_SIZE),
-        np.zeros_like(queries.gt_occluded),
+        pred_occluded,
         pred_tracks,
         query_mode=mode,
     )
+    if result.vis is not None:
+        out[f"{prefix}average_jaccard"] = float(scores["average_jaccard"][0]) * 100
+        out[f"{prefix}occlusion_accuracy"] = float(scores["occlusion_accuracy"][0]) * 100
     out[f"{prefix}delta_avg"] = float(scores["average_pts_within_thresh"][0]) * 100
     for thr in TAPVID_THRESHOLDS:
         out[f"{prefix}pts_within_{thr}"] = float(scores[f"pts_within_{thr}"][0]) * 100
     return out
 
 
-def to_eval_video(
-    clip: TapVidVideo, size: tuple[int, int], device: torch.device, modes: Sequence[str], S: int, iters: int
-) -> EvalVideo:
-    video = torch.from_numpy(clip.video).permute(0, 3, 1, 2)[None]  # 1,T,3,H,W uint8, frames stay on the CPU
-    frames = ResizedFrames(TensorFrames(video, device), size)
-    keep = clip.visible_at_first_frame()
+def tapvid_extra(modes: Sequence[str], size: tuple[int, int], S: int, iters: int) -> ExtraMetrics:
+    """The protocol's extra metrics: the TAP-Vid benchmark in each of `modes`."""
 
-    def extra(model: Pips) -> Metrics:
+    def extra(model: WindowModel, frames: Frames, seq: EvalSequence) -> Metrics:
         out: Metrics = {}
         for mode in modes:
-            out.update(tapvid_metrics(model, frames, size, clip, mode, S, iters))
+            out.update(tapvid_metrics(model, frames, size, seq, mode, S, iters))
         return out
 
-    return EvalVideo(
-        name=clip.name,
-        frames=frames,
-        image_hw=size,
-        trajs_g=scale_tracks(clip.trajs[:, keep], clip.image_hw, size),
-        valids=clip.visibs[:, keep],
-        extra=extra if modes else None,
-    )
+    return extra
 
 
 @explain_flags
@@ -116,17 +114,10 @@ def main(
     )
     if any(m not in TAPVID_QUERY_MODES for m in modes):
         raise ValueError(f"query_modes must be among {TAPVID_QUERY_MODES}, got {query_modes!r}")
-    model, dev = load_model(init_dir, device, random_weights, fast)
-    dataset = TapVidDavis(dataset_location)
-    num_videos = len(dataset) if max_videos is None else min(max_videos, len(dataset))
-    videos = (to_eval_video(dataset[i], size, dev, modes, S, iters) for i in range(num_videos))
-    evaluate_and_report(
-        model, videos, num_videos, S=S, iters=iters, log_dir=log_dir, log_gifs=log_gifs, config=config
-    )
+    extra = tapvid_extra(modes, size, S, iters) if modes else None
+    protocol = EvalProtocol(size, resize="bilinear", S=S, iters=iters, extra=extra)
+    evaluate_and_report(TapVidDavis(dataset_location), protocol, config)
 
 
 if __name__ == "__main__":
-    try:
-        fire.Fire(main)
-    except FileNotFoundError as err:
-        sys.exit(f"error: {err}")
+    run(main)

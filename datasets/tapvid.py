@@ -2,33 +2,18 @@
 name -> {'video': T,H,W,3 uint8 RGB, 'points': N,T,2 float x,y normalised to [0,1], 'occluded': N,T bool}
 (a list of such dicts is accepted too; its videos are named by index)."""
 
+import logging
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 
+from datasets.sample import EvalSequence
+
+logger = logging.getLogger(__name__)
+
 PICKLE_NAME = "tapvid_davis.pkl"
-
-
-@dataclass
-class TapVidVideo:
-    """One whole video with all its annotated points. Coordinates follow the official reader:
-    x = x_norm * (W-1), y = y_norm * (H-1), so 1.0 lies on the last pixel centre."""
-
-    name: str
-    video: np.ndarray  # T,H,W,3 uint8 RGB
-    trajs: np.ndarray  # T,N,2 float32, x,y pixels
-    visibs: np.ndarray  # T,N float32, 1 = visible (TAP-Vid annotates positions of visible points only)
-
-    @property
-    def image_hw(self) -> tuple[int, int]:
-        return self.video.shape[1], self.video.shape[2]
-
-    def visible_at_first_frame(self) -> np.ndarray:
-        """N bool: the points of the official frame-0 protocol (visible at frame 0)."""
-        return self.visibs[0] > 0
 
 
 def _check_entry(name: str, entry: object, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -49,25 +34,41 @@ def _check_entry(name: str, entry: object, path: Path) -> tuple[np.ndarray, np.n
 
 
 class TapVidDavis(Dataset):
-    """One item per video, in the pickle's order; frames stay as loaded (full resolution)."""
+    """One item per video, in the pickle's order; frames stay as loaded (full resolution). Videos whose
+    entry is malformed are left out with one warning each and listed in `skipped`."""
 
     def __init__(self, dataset_location: str | Path) -> None:
         self.path = Path(dataset_location) / PICKLE_NAME
         if not self.path.is_file():
             raise FileNotFoundError(f"TAP-Vid-DAVIS pickle not found: {self.path}")
-        with open(self.path, "rb") as f:
-            data = pickle.load(f)
+        try:
+            with open(self.path, "rb") as f:
+                data = pickle.load(f)
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as err:
+            raise ValueError(f"cannot read {self.path}: truncated or not a pickle ({err})") from None
         if isinstance(data, dict):
-            self.names, self.entries = [str(k) for k in data], list(data.values())
+            names, entries = [str(k) for k in data], list(data.values())
         elif isinstance(data, list):
-            self.names, self.entries = [f"{i:03d}" for i in range(len(data))], data
+            names, entries = [f"{i:03d}" for i in range(len(data))], data
         else:
             raise ValueError(f"{self.path} holds a {type(data).__name__}, expected a dict of videos")
+        self.names, self.entries, self.skipped = [], [], []
+        for name, entry in zip(names, entries):
+            try:
+                _check_entry(name, entry, self.path)
+            except ValueError as err:
+                logger.warning("skipping %s", err)
+                self.skipped.append(str(err))
+                continue
+            self.names.append(name)
+            self.entries.append(entry)
+        if not self.entries:
+            raise ValueError(f"{self.path}: no readable video ({len(self.skipped)} skipped)")
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, index: int) -> TapVidVideo:
+    def __getitem__(self, index: int) -> EvalSequence:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} videos")
         name = self.names[index]
@@ -75,4 +76,5 @@ class TapVidDavis(Dataset):
         H, W = video.shape[1:3]
         trajs = points.transpose(1, 0, 2) * np.array([W - 1, H - 1], np.float32)  # T,N,2
         visibs = (~occluded).T.astype(np.float32)  # T,N
-        return TapVidVideo(name=name, video=video, trajs=trajs.astype(np.float32), visibs=visibs)
+        # TAP-Vid annotates the positions of visible points only: they are where the metrics count
+        return EvalSequence(name, video, (H, W), trajs.astype(np.float32), visibs, visibs.copy())

@@ -2,62 +2,46 @@
 
 Frames are pulled from a `FrameSource` one window at a time, so memory does not grow with the video's
 length (only the B,T,N,2 tracks do). Queries may sit at any frame: a point is tracked forward from its
-query frame, and backward by running the time-reversed video.
+query frame, and backward by running the time-reversed video. The sources themselves (arrays, video files,
+image folders) live in tracking/frames.py.
 """
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
-import torch.nn.functional as F
 
-from nets.pips2 import Pips
+from nets.pips2 import Feats, PipsOutput
+
+Progress = Callable[[int], None]
 
 
 class FrameSource(Protocol):
     """A video (or batch of B videos) read window by window at the model's resolution."""
 
-    num_frames: int
+    num_frames: int  # may shrink while reading, when a video turns out shorter than announced
 
     def get(self, start: int, end: int) -> torch.Tensor:
-        """Frames [start, end) as B,T,3,H,W float RGB 0..255."""
+        """Frames [start, end) as B,T,3,H,W float RGB 0..255; fewer than end-start only when the video ended
+        early, and then num_frames has shrunk to the frames that exist."""
         ...
 
 
-class TensorFrames:
-    """A FrameSource over a tensor already in memory (B,T,3,H,W, any dtype), moved to `device` per window."""
+class WindowModel(Protocol):
+    """Pips, or anything that refines one window as Pips.forward does."""
 
-    def __init__(self, video: torch.Tensor, device: torch.device | str | None = None) -> None:
-        if video.dim() != 5 or video.shape[2] != 3:
-            raise ValueError(f"video must be B,T,3,H,W, got {tuple(video.shape)}")
-        self.video = video
-        self.num_frames = video.shape[1]
-        self.device = device if device is not None else video.device
-
-    def get(self, start: int, end: int) -> torch.Tensor:
-        return self.video[:, start:end].to(self.device, torch.float32)
+    def __call__(
+        self, trajs_e0: torch.Tensor, rgbs: torch.Tensor, iters: int, feat_init: Feats | None
+    ) -> PipsOutput: ...
 
 
-def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """B,T,3,H,W float -> B,T,3,H',W' bilinear (align_corners=False, the official TAP-Vid and demo resize);
-    frames already of that size are returned as they are."""
-    B, T, C, H, W = frames.shape
-    if (H, W) == tuple(size):
-        return frames
-    resized = F.interpolate(frames.flatten(0, 1), size=tuple(size), mode="bilinear", align_corners=False)
-    return resized.reshape(B, T, C, *size)  # B,T,3,H',W'
+class Tracks(NamedTuple):
+    """What tracking a video gives: positions, and the visibility head's logits where the model has one."""
 
+    tracks: torch.Tensor  # B,T,N,2 pixels
+    vis: torch.Tensor | None = None  # B,T,N visibility logits
+    conf: torch.Tensor | None = None  # B,T,N confidence logits
 
-class ResizedFrames:
-    """Frames of another source resized to size (H, W) with resize_frames."""
-
-    def __init__(self, base: FrameSource, size: tuple[int, int]) -> None:
-        self.base = base
-        self.size = size
-        self.num_frames = base.num_frames
-
-    def get(self, start: int, end: int) -> torch.Tensor:
-        return resize_frames(self.base.get(start, end), self.size)
 
 
 class _ReversedFrames:
@@ -76,7 +60,10 @@ class _ShiftedFrames:
 
     def __init__(self, base: FrameSource, first: int) -> None:
         self.base, self.first = base, first
-        self.num_frames = base.num_frames - first
+
+    @property
+    def num_frames(self) -> int:
+        return self.base.num_frames - self.first
 
     def get(self, start: int, end: int) -> torch.Tensor:
         return self.base.get(self.first + start, self.first + end)
@@ -84,13 +71,13 @@ class _ShiftedFrames:
 
 @torch.no_grad()
 def track_from_first_frame(
-    model: Pips,
+    model: WindowModel,
     source: FrameSource,
     xy: torch.Tensor,
     S: int = 128,
     iters: int = 16,
-    progress: Callable[[int], None] | None = None,
-) -> torch.Tensor:
+    progress: Progress | None = None,
+) -> Tracks:
     """Track points given at frame 0 of `source` through all its frames (the official chaining).
 
     Windows of S frames overlap by one frame; the last window is shifted back to end at the last frame.
@@ -101,54 +88,73 @@ def track_from_first_frame(
         xy: B,N,2 query positions (x, y pixels of the source's frames) at frame 0.
         progress: called with the number of new frames covered after each window.
     Returns:
-        B,T,N,2 tracks in pixels.
+        Tracks: B,T,N,2 positions in pixels (and B,T,N logits where the model has a visibility head),
+        T = the frames the source turned out to hold.
     """
-    T = source.num_frames
-    trajs = xy[:, None].repeat(1, T, 1, 1).float()  # B,T,N,2 zero-velocity init
-    if T < 2:
-        return trajs
     if S < 2:
         raise ValueError(f"window length S must be at least 2, got {S}")
+    T = source.num_frames
+    trajs = xy[:, None].repeat(1, T, 1, 1).float()  # B,T,N,2 zero-velocity init
+    logits: dict[str, torch.Tensor] = {}  # vis, conf: B,T,N each
     cur, done, feat_init = 0, 1, None
-    while True:
+    while T >= 2:
         end = cur + S
         if end > T:
             cur, end = max(cur - (end - T), 0), T
-        out = model(trajs[:, cur:end], source.get(cur, end), iters=iters, feat_init=feat_init)
-        trajs[:, cur:end] = out.coords[-1].to(trajs.device)
+        rgbs = source.get(cur, end)  # B,S',3,H,W
+        if rgbs.shape[1] < end - cur:  # the video ended early: lay the windows out again over what exists
+            T = source.num_frames
+            trajs = trajs[:, :T]
+            logits = {k: v[:, :T] for k, v in logits.items()}
+            continue
+        out = model(trajs[:, cur:end], rgbs, iters=iters, feat_init=feat_init)
+        trajs[:, cur:end] = out.tracks.to(trajs.device)
         trajs[:, end:] = trajs[:, end - 1 : end]
+        for name in ("vis", "conf"):
+            value = getattr(out, name)
+            if value is not None:
+                logits.setdefault(name, trajs.new_zeros(trajs.shape[:3]))[:, cur:end] = value.to(trajs.device)
         feat_init = out.feats
-        if progress is not None:
+        if progress is not None and end > done:
             progress(end - done)
             done = end
         if end >= T:
-            return trajs
+            break
         cur += S - 1
+    return Tracks(trajs, logits.get("vis"), logits.get("conf"))
 
 
 @torch.no_grad()
 def track(
-    model: Pips,
+    model: WindowModel,
     source: FrameSource,
     queries: torch.Tensor,
     S: int = 128,
     iters: int = 16,
-    progress: Callable[[int], None] | None = None,
-) -> torch.Tensor:
+    progress: Progress | None = None,
+) -> Tracks:
     """Track query points that may start at any frame, forward and backward in time.
+
+    Query frames are taken in increasing order; each is one forward pass (to the last frame) and, after
+    frame 0, one backward pass (to frame 0) over the time-reversed video.
 
     Args:
         queries: B,N,3 as (t, x, y): frame index and pixel position in the source's frames.
+        progress: called with the number of newly tracked frames after each window of either pass, so the
+            total over a call is (T - 1) * (number of distinct query frames).
     Returns:
-        B,T,N,2 tracks; at each query's own frame the track equals the query position.
+        Tracks: B,T,N,2 positions (and B,T,N logits with a visibility head); at each query's own frame the
+        track equals the query position.
     """
     B, N, _ = queries.shape
     T = source.num_frames
     t_q = queries[..., 0].round().long()  # B,N
     if (t_q < 0).any() or (t_q >= T).any():
         raise ValueError(f"query frames must lie in [0, {T - 1}], got {t_q.min().item()}..{t_q.max().item()}")
-    tracks = queries.new_zeros(B, T, N, 2, dtype=torch.float32)
+    result: list[torch.Tensor | None] | None = None  # tracks B,T,N,2, vis and conf B,T,N
     for t in t_q.unique().tolist():
+        if t >= source.num_frames:
+            raise ValueError(f"a query at frame {t} lies past the {source.num_frames} readable frames")
         mask = t_q == t  # B,N
         count = mask.sum(1)  # B
         n = int(count.max())
@@ -157,13 +163,22 @@ def track(
         keep = torch.arange(n, device=queries.device)[None] < count[:, None]  # B,n
         order = torch.where(keep, order, order[:, :1])
         xy = torch.gather(queries[..., 1:], 1, order[..., None].expand(B, n, 2))  # B,n,2
-        fwd = track_from_first_frame(model, _ShiftedFrames(source, t), xy, S, iters, progress)  # B,T-t,n,2
-        seg = torch.cat([torch.flip(_backward(model, source, t, xy, S, iters), [1]), fwd[:, 1:]], dim=1)
+        fwd = track_from_first_frame(model, _ShiftedFrames(source, t), xy, S, iters, progress)  # B,T-t,n,..
+        back = track_from_first_frame(model, _ReversedFrames(source, t), xy, S, iters, progress)  # B,t+1,n,..
         b_idx, j_idx = keep.nonzero(as_tuple=True)
-        tracks[b_idx, :, order[b_idx, j_idx]] = seg[b_idx, :, j_idx].to(tracks.device)
-    return tracks
-
-
-def _backward(model: Pips, source: FrameSource, t: int, xy: torch.Tensor, S: int, iters: int) -> torch.Tensor:
-    """Tracks over frames t, t-1, ..., 0 (B,t+1,n,2), from the time-reversed video."""
-    return track_from_first_frame(model, _ReversedFrames(source, t), xy, S, iters)
+        for i, (back_i, fwd_i) in enumerate(zip(back, fwd, strict=True)):
+            if back_i is None and fwd_i is None:
+                continue
+            # a pass over a single frame (the query's own) calls no model: take that frame from the other
+            before = back_i.flip(1) if back_i is not None else fwd_i[:, :1]  # frames 0..t
+            after = fwd_i[:, 1:] if fwd_i is not None else before[:, :0]  # frames t+1..
+            seg = torch.cat([before, after], dim=1)  # B,T',n,...
+            if result is None:
+                result = [None, None, None]
+            if result[i] is None:
+                result[i] = seg.new_zeros(B, seg.shape[1], N, *seg.shape[3:])
+            result[i] = result[i][:, : seg.shape[1]]  # a video that ended early keeps the frames that exist
+            result[i][b_idx, :, order[b_idx, j_idx]] = seg[b_idx, :, j_idx]
+    if result is None:  # no query
+        return Tracks(queries.new_zeros(B, T, 0, 2))
+    return Tracks(*result)

@@ -1,12 +1,11 @@
-import weakref
 
 import numpy as np
 import pytest
 import torch
 
-import nets.api
-from nets.api import PipsTracker, VideoFileFrames, check_queries, grid_queries
 from nets.pips2 import Pips, PipsOutput
+from tracking.frames import VideoFileFrames
+from tracking.predictor import PipsTracker, check_queries, grid_queries
 from utils.checkpoint import save
 from utils.video import read_frames, write_video
 
@@ -33,7 +32,7 @@ class ShiftModel(torch.nn.Module):
         coords[:, 1:] += self.shift
         B, S, N, _ = trajs_e0.shape
         feats = tuple(torch.zeros(B, S, N, 4) for _ in range(3))
-        return PipsOutput([coords], [coords], feats)
+        return PipsOutput(coords, [coords], feats, [coords])
 
 
 class BrightnessModel(ShiftModel):
@@ -42,9 +41,9 @@ class BrightnessModel(ShiftModel):
 
     def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
         out = super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
-        coords = out.coords[-1] + rgbs.mean(dim=(2, 3, 4))[:, :, None, None] / 50  # B,S,N,2
+        coords = out.tracks + rgbs.mean(dim=(2, 3, 4))[:, :, None, None] / 50  # B,S,N,2
         coords[:, 0] = trajs_e0[:, 0]
-        return PipsOutput([coords], [coords], out.feats)
+        return PipsOutput(coords, [coords], out.feats, [coords])
 
 
 def textured_video(T: int = 24, H: int = 96, W: int = 128) -> np.ndarray:
@@ -98,46 +97,51 @@ def test_grid_is_the_official_grid_scaled_to_the_input() -> None:
     torch.testing.assert_close(tracks[0], grid[:, 1:])
 
 
-def test_file_frames_hold_one_window_and_decode_once_going_forward(tmp_path, monkeypatch) -> None:
+def test_file_frames_hold_one_window_and_decode_each_frame_once(tmp_path) -> None:
     path = tmp_path / "clip.mp4"
     write_video(path, textured_video(T=30, H=32, W=32))
-    alive, opened = [], []
-
-    def counting_read_video(*args, **kwargs):
-        opened.append(kwargs["start"])
-        for frame in real_read_video(*args, **kwargs):
-            alive.append(weakref.ref(frame))
-            yield frame
-
-    real_read_video = nets.api.read_video
-    monkeypatch.setattr(nets.api, "read_video", counting_read_video)
-    held = []
+    held, sources = [], []
 
     class CountingModel(ShiftModel):
         def forward(self, *args, **kwargs) -> PipsOutput:
-            held.append(sum(ref() is not None for ref in alive))
+            source = sources[-1]
+            held.append(len(source._held))
             return super().forward(*args, **kwargs)
 
-    tracker = PipsTracker(CountingModel(), S=6, iters=1, image_size=(32, 32))
-    tracks = tracker(path, grid_size=2)
-    assert tracks.shape == (30, 4, 2)
-    assert opened == [0] and len(alive) == 30  # every frame decoded once
-    assert len(held) == 6 and max(held) <= 6  # windows 0,5,...,24: never more than S frames held
-    opened.clear()
-    tracker(path, queries=[[29, 3.0, 4.0]])  # backward windows re-open the file
-    assert opened == [24, 19, 14, 9, 4, 0]
+    real_init = VideoFileFrames.__init__
+
+    def recording_init(self, *args, **kwargs) -> None:
+        real_init(self, *args, **kwargs)
+        sources.append(self)
+
+    VideoFileFrames.__init__ = recording_init
+    try:
+        tracker = PipsTracker(CountingModel(), S=6, iters=1, image_size=(32, 32))
+        tracks = tracker(path, grid_size=2)
+        assert tracks.shape == (30, 4, 2)
+        assert sources[-1].frames_read == 30  # every frame decoded once
+        assert len(held) == 6 and max(held) <= 12  # windows 0,5,...,24: two windows of frames held at most
+        held.clear()
+        tracker(path, queries=[[29, 3.0, 4.0], [12, 5.0, 6.0]])  # backward windows read the cache
+        assert sources[-1].frames_read == 30 and max(held) <= 12
+    finally:
+        VideoFileFrames.__init__ = real_init
 
 
 def test_file_frames_serve_overlapping_and_backward_windows(tmp_path) -> None:
     path = tmp_path / "clip.mp4"
     write_video(path, textured_video(T=10, H=32, W=32))
     expected = torch.from_numpy(read_frames(path)).permute(0, 3, 1, 2).float()[None]  # 1,T,3,H,W
-    with VideoFileFrames(path, (32, 32), torch.device("cpu"), max_frames=9) as source:
+    with VideoFileFrames(path, max_frames=9, cache=True) as source:
         assert source.num_frames == 9
         for start, end in [(0, 4), (3, 7), (5, 6), (8, 9), (1, 3), (2, 9)]:
             torch.testing.assert_close(source.get(start, end), expected[:, start:end])
+        assert source.frames_read == 9
         with pytest.raises(ValueError, match=r"frames \[7, 10\) are not among the 9"):
             source.get(7, 10)
+    with VideoFileFrames(path) as source, pytest.raises(ValueError, match="cache=True"):
+        source.get(5, 8)
+        source.get(0, 2)
 
 
 @pytest.mark.parametrize(

@@ -3,12 +3,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tqdm import tqdm
 
 import benchmark
 from benchmark import Config
 from datasets.sample import collate_clips
 from datasets.synthetic import SyntheticClips
-from nets.pips2 import Pips
+from nets.pips2 import Pips, frames_to_rgbs
 from utils import checkpoint
 from utils.metrics import compute_pips_metrics
 
@@ -52,7 +53,7 @@ def test_main_times_both_paths_and_counts_flops(tmp_path: Path) -> None:
 
 def test_train_step_updates_the_weights() -> None:
     cfg = Config("t", 1, 2, 4, 64, 64, 1, train=True)
-    model = benchmark.build_model(
+    model = benchmark.timed_model(
         torch.device("cpu"), 0, fast=False, dtype=torch.float32, compile_parts=False
     )
     before = model.delta_block.dense.weight.detach().clone()
@@ -186,7 +187,7 @@ def test_agreement_compares_the_paths_on_saved_weights(tmp_path: Path) -> None:
     with torch.no_grad():
         for i in range(2):
             rgbs, trajs_g, _, valids = collate_clips([data[i]])
-            trajs_e = model(trajs_g[:, :1].expand_as(trajs_g), rgbs.float(), iters=1).coords[-1]
+            trajs_e = model(trajs_g[:, :1].expand_as(trajs_g), frames_to_rgbs(rgbs), iters=1).tracks
             d_avg.append(compute_pips_metrics(trajs_e, trajs_g, valids, 64, 64)["d_avg"])
     assert a["d_avg_exact"] == pytest.approx(sum(d_avg) / 2, abs=1e-9)
     # bf16 rounding moves the random-weight tracks a little, but not by whole frames
@@ -196,3 +197,19 @@ def test_agreement_compares_the_paths_on_saved_weights(tmp_path: Path) -> None:
 def test_agreement_names_a_missing_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere"):
         benchmark.main(agree_ckpt=str(tmp_path / "nowhere"), out=str(tmp_path / "a.json"))
+
+
+def test_video_rows_decode_each_frame_once(tmp_path: Path) -> None:
+    with tqdm(total=4, disable=True) as progress:
+        rows = benchmark.run_videos([12, 30], torch.device("cpu"), 0, progress)
+    assert [(r["frames"], r["queries_at"]) for r in rows] == [
+        (12, "last"),
+        (12, "first"),
+        (30, "last"),
+        (30, "first"),
+    ]
+    for r in rows:
+        assert r["tracked_frames"] == r["frames"] and r["decodes_per_frame"] == 1.0
+        assert r["ms_per_frame"] == pytest.approx(1000 * r["seconds"] / r["frames"])
+    table = benchmark.videos_table(rows).get_string()
+    assert "decodes/frame" in table and "1.000" in table

@@ -1,5 +1,7 @@
+import argparse
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +19,7 @@ def model() -> Pips:
 def test_round_trip_with_optimizer_and_scheduler(tmp_path, model: Pips) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=10)
-    model(torch.rand(1, 3, 2, 2) * 30, torch.rand(1, 3, 3, 64, 64) * 255, iters=1).coords[-1].sum().backward()
+    model(torch.rand(1, 3, 2, 2) * 30, torch.rand(1, 3, 3, 64, 64) * 255, iters=1).tracks.sum().backward()
     opt.step()
     sched.step()
     path = checkpoint.save(tmp_path, model, opt, sched, step=7, config={"lr": 1e-3})
@@ -101,4 +103,50 @@ def test_parameter_table_total(model: Pips) -> None:
 
 def test_load_weights_points_at_download_script(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="get_reference_model.sh"):
-        checkpoint.load_weights(tmp_path / "reference_model", Pips())
+        checkpoint.read_weights(tmp_path / "reference_model")
+
+
+def test_directory_load_falls_back_to_newest_intact_checkpoint(tmp_path, model: Pips, caplog) -> None:
+    for step in (1, 2, 3):
+        checkpoint.save(tmp_path, model, step=step)
+    newest = tmp_path / "model-000000003.pth"
+    newest.write_bytes(newest.read_bytes()[:1000])  # a disk that filled up after the rename
+    (tmp_path / "model-000000004.pth").write_text("not a checkpoint")
+    with caplog.at_level("WARNING", logger="utils.checkpoint"):
+        assert checkpoint.load(tmp_path, Pips()) == 2
+    assert "model-000000004.pth is not a checkpoint" in caplog.text
+    assert "model-000000003.pth: the file is truncated or corrupt" in caplog.text
+    for step in (1, 2):
+        (tmp_path / f"model-{step:09d}.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match="none of the 4 checkpoints in .* can be read"):
+        checkpoint.load(tmp_path, Pips())
+
+
+def test_save_removes_leftovers_of_a_killed_save_and_follows_umask(tmp_path, model: Pips) -> None:
+    (tmp_path / ".model-000000001-4242.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / ".model-k2zq9v.tmp").write_bytes(b"half a checkpoint, older naming")
+    (tmp_path / "notes.tmp").write_text("not ours")
+    old = os.umask(0o027)
+    try:
+        path = checkpoint.save(tmp_path, model, step=2)
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-000000002.pth", "notes.tmp"]
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_files_that_are_not_checkpoints_say_so(tmp_path) -> None:
+    text, npz, pickled = tmp_path / "garbage.pth", tmp_path / "arrays.pth", tmp_path / "objects.pth"
+    text.write_text("hello\n" * 100)
+    with open(npz, "wb") as f:
+        np.savez(f, x=np.zeros(3))
+    torch.save({"model_state_dict": {}, "args": argparse.Namespace(lr=1e-3)}, pickled)
+    cases = {
+        text: "garbage.pth is not a checkpoint \\(not a file written by torch.save\\)$",
+        npz: "arrays.pth is not a checkpoint \\(a zip archive not written by torch.save\\)$",
+        pickled: "objects.pth holds Python objects other than tensors and plain values",
+    }
+    for path, message in cases.items():
+        with pytest.raises(ValueError, match=message) as err:
+            checkpoint.load(path, Pips())
+        assert "weights_only" not in str(err.value) and err.value.__cause__ is None

@@ -12,20 +12,19 @@ import torch
 import test_on_cro
 import test_on_pod
 import test_on_tap
+from datasets.sample import EvalSequence
 from datasets.synthetic import make_scene, write_sequence
-from datasets.tapvid import TapVidVideo
 from nets.pips2 import PipsOutput
-from nets.tracker import TensorFrames
-from utils.evaluation import (
+from tracking.evaluate import (
+    EvalProtocol,
     EvalResults,
-    EvalVideo,
-    ImageFiles,
     check_image_size,
-    evaluate_videos,
+    evaluate_dataset,
     mean_metrics,
     results_table,
     write_results,
 )
+from tracking.frames import ArrayFrames, ImageFiles
 
 REPO = Path(__file__).resolve().parents[1]
 PIPS_KEYS = ("d_1", "d_2", "d_4", "d_8", "d_16", "d_avg", "survival", "median_l2")
@@ -42,7 +41,7 @@ class StillModel(torch.nn.Module):
     def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
         coords = trajs_e0[:, :1].expand_as(trajs_e0).clone()
         feats = tuple(torch.zeros(*trajs_e0.shape[:3], 2) for _ in range(3))
-        return PipsOutput([coords], [coords], feats)
+        return PipsOutput(coords, [coords], feats, [coords])
 
 
 def read_json(path: Path) -> dict:
@@ -64,15 +63,12 @@ def test_loop_scores_a_still_prediction_against_a_moving_point(capsys: pytest.Ca
     trajs_g = np.zeros((T, 1, 2), np.float32)
     trajs_g[:, 0, 0] = 10 + np.arange(T)
     trajs_g[:, 0, 1] = 20
-    video = EvalVideo(
-        name="walk",
-        frames=TensorFrames(torch.zeros(1, T, 3, 64, 256)),
-        image_hw=(64, 256),
-        trajs_g=trajs_g,
-        valids=np.ones((T, 1), np.float32),
-        extra=lambda model: {"other": None, "more": 3.0},
+    ones = np.ones((T, 1), np.float32)
+    seq = EvalSequence("walk", np.zeros((T, 64, 256, 3), np.uint8), (64, 256), trajs_g, ones, ones)
+    protocol = EvalProtocol(
+        (64, 256), S=3, iters=1, extra=lambda model, frames, seq: {"other": None, "more": 3.0}
     )
-    results = evaluate_videos(StillModel(), [video], num_videos=1, S=3, iters=1)
+    results = evaluate_dataset(StillModel(), [seq], protocol)
     (row,) = results.videos
     # errors 1, 2, 3, 4 at frames 1..4: d_1 0%, d_2 25%, d_4 75%, d_8 = d_16 = 100%; median of 0..4 = 2
     expected = {"d_1": 0, "d_2": 25, "d_4": 75, "d_8": 100, "d_16": 100, "d_avg": 60, "survival": 100}
@@ -92,12 +88,15 @@ def test_mean_table_and_json_keep_missing_values_as_null(tmp_path: Path) -> None
     videos.append({"name": "c", "d_avg": 30.0, "aj": None})
     mean = mean_metrics(videos)
     assert mean == {"d_avg": 20.0, "aj": None}
-    table = results_table(mean)
-    assert "| d_avg  | 20.00 |" in table and "| aj     |   n/a |" in table
-    path = write_results(tmp_path / "out" / "results.json", {"S": 8}, EvalResults(videos, mean))
+    results = EvalResults(videos, mean, skipped=["scene_0007: cannot read anno.npz"])
+    table = results_table(results)
+    assert "| d_avg            | 20.00 |" in table and "| aj               |   n/a |" in table
+    assert "| videos evaluated |     3 |" in table and "| videos skipped   |     1 |" in table
+    path = write_results(tmp_path / "out" / "results.json", {"S": 8}, results)
     data = read_json(path)
     assert data["config"] == {"S": 8} and data["mean"] == {"d_avg": 20.0, "aj": None}
     assert data["videos"][1]["d_avg"] is None
+    assert data["num_videos"] == 3 and data["skipped"] == ["scene_0007: cannot read anno.npz"]
 
 
 def test_image_size_checks() -> None:
@@ -115,11 +114,11 @@ def test_image_files_read_rgb_resized(tmp_path: Path) -> None:
     for t in range(3):
         paths.append(tmp_path / f"{t}.png")
         cv2.imwrite(str(paths[-1]), rgb[..., ::-1])
-    frames = ImageFiles(paths, (5, 10), "cpu").get(1, 3)
+    frames = ImageFiles(paths, image_size=(5, 10), resize="cv2").get(1, 3)
     assert frames.shape == (1, 2, 3, 5, 10) and frames.dtype == torch.float32
     assert frames[0, :, 0].eq(200).all() and frames[0, :, 1:].eq(0).all()
     with pytest.raises(FileNotFoundError, match="missing.png"):
-        ImageFiles([tmp_path / "missing.png"], (5, 10), "cpu").get(0, 1)
+        ImageFiles([tmp_path / "missing.png"], image_size=(5, 10)).get(0, 1)
 
 
 def test_on_pod_end_to_end(tmp_path: Path) -> None:
@@ -137,6 +136,8 @@ def test_on_pod_end_to_end(tmp_path: Path) -> None:
 
 
 def test_missing_checkpoint_is_one_clear_line(tmp_path: Path) -> None:
+    scene = make_scene(8, 96, 128, np.random.default_rng(0), num_points=64)
+    write_sequence(scene, tmp_path / "test" / "scene_0000")
     missing = tmp_path / "no_model_here"
     proc = subprocess.run(
         [sys.executable, "test_on_pod.py", "--init_dir", str(missing), "--dataset_location", str(tmp_path)],
@@ -201,8 +202,9 @@ def test_tapvid_metrics_of_a_still_prediction() -> None:
     trajs[:, :, 1] = 100
     trajs[:, 0, 0] = 50
     trajs[:, 1, 0] = 10 + 3 * np.arange(T)
-    clip = TapVidVideo("still", np.zeros((T, 256, 256, 3), np.uint8), trajs, np.ones((T, 2), np.float32))
-    frames = TensorFrames(torch.zeros(1, T, 3, 256, 256))
+    ones = np.ones((T, 2), np.float32)
+    clip = EvalSequence("still", np.zeros((T, 256, 256, 3), np.uint8), (256, 256), trajs, ones, ones)
+    frames = ArrayFrames(clip.frames)
     out = test_on_tap.tapvid_metrics(StillModel(), frames, (256, 256), clip, "first", S=8, iters=1)
     # frames 1..3 evaluated: point 0 errors 0,0,0; point 1 errors 3,6,9
     expected = {1: 50.0, 2: 50.0, 4: 400 / 6, 8: 500 / 6, 16: 100.0}

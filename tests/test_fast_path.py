@@ -11,6 +11,7 @@ import nets.corr_triton
 from nets.corr import CorrBlock, build_pyramid
 from nets.norm import InstanceNorm
 from nets.pips2 import Pips
+from tracking.predictor import Float16Guard
 from utils.dist import fast_dtype
 
 needs_cuda_triton = pytest.mark.skipif(
@@ -71,8 +72,8 @@ def test_fast_float32_path_matches_exact_and_switches_back(model: Pips, clip: tu
         model.set_fast(False)
         again = model(trajs_e0, rgbs, iters=1)
     torch.testing.assert_close(fast_fmaps, fmaps, atol=1e-4, rtol=0)
-    torch.testing.assert_close(fast.coords[-1], exact.coords[-1], atol=1e-2, rtol=0)
-    assert torch.equal(again.coords[-1], exact.coords[-1])
+    torch.testing.assert_close(fast.tracks, exact.tracks, atol=1e-2, rtol=0)
+    assert torch.equal(again.tracks, exact.tracks)
 
 
 def test_bf16_fast_path_keeps_coords_float32(model: Pips, clip: tuple) -> None:
@@ -92,9 +93,9 @@ def test_bf16_fast_path_keeps_coords_float32(model: Pips, clip: tuple) -> None:
     assert fast_fmaps.dtype == torch.float32 and rel_err(fast_fmaps, fmaps) < 0.05
     # the updates leave the block in float32 (its first and last layers skip autocast)
     assert fast_delta.dtype == torch.float32 and 0 < rel_err(fast_delta, delta) < 0.08
-    assert all(c.dtype == torch.float32 for c in out.coords + out.coords_anim)
+    assert all(c.dtype == torch.float32 for c in [out.tracks, *out.preds, *out.coords_anim])
     assert all(f.dtype == torch.float32 for f in out.feats)
-    assert torch.equal(out.coords[-1][:, 0], trajs_e0[:, 0])
+    assert torch.equal(out.tracks[:, 0], trajs_e0[:, 0])
 
 
 def test_fast_path_keeps_float32_under_outer_autocast(model: Pips, clip: tuple) -> None:
@@ -105,7 +106,7 @@ def test_fast_path_keeps_float32_under_outer_autocast(model: Pips, clip: tuple) 
         with torch.autocast("cpu", dtype=torch.bfloat16):
             outer = model(trajs_e0, rgbs, iters=1)
     model.set_fast(False)
-    assert torch.equal(outer.coords[-1], plain.coords[-1])
+    assert torch.equal(outer.tracks, plain.tracks)
 
 
 def test_compile_parts_keeps_parameter_names() -> None:
@@ -161,6 +162,53 @@ def test_fused_corr_matches_pytorch_in_interpreter() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def check_self_check_cases() -> None:
+    """Run in a child process started with TRITON_INTERPRET=1: the real kernel proves itself and is used; a
+    kernel 0.1% off in its forward, or in its backward only, is caught and switched off, and the PyTorch
+    path's result comes back."""
+    ct = nets.corr_triton
+    real_corr, real_backward = ct.fused_corr, ct._FusedCorr.backward
+    calls = []
+    ct.fused_corr = lambda *args: calls.append(1) or real_corr(*args)
+    pyramid, _, targets, coords = corr_case(1, 2, 3, 16, 13, 17, 4)
+    block = CorrBlock(pyramid, 3, fused=True)
+    expected = torch.cat([block.sample(t, coords) for t in targets], dim=-1)
+    out = block.sample_concat(targets, coords)
+    assert ct._failure is None and ct._checked == {("cpu", True)} and len(calls) == 2  # the check, the call
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+    ct._checked.clear()
+    ct.fused_corr = lambda *args: real_corr(*args) * 1.001
+    with torch.no_grad():
+        out = block.sample_concat(targets, coords)
+    assert ct._failure.startswith("it failed its check: forward off by 0.001 relative to the PyTorch path")
+    assert torch.equal(out, expected.detach()) and not ct.available(coords)
+
+    def wrong_backward(ctx, grad_out: torch.Tensor) -> tuple:  # noqa: ANN001
+        grad_targets, *rest = real_backward(ctx, grad_out)
+        return grad_targets * 1.001, *rest
+
+    ct._failure, ct.fused_corr = None, real_corr
+    ct._FusedCorr.backward = staticmethod(wrong_backward)
+    with torch.no_grad():
+        torch.testing.assert_close(block.sample_concat(targets, coords), expected.detach(), atol=1e-5, rtol=0)
+    assert ct._failure is None and ct._checked == {("cpu", False)}  # the forward agrees
+    out = block.sample_concat(targets, coords)
+    assert ct._failure.startswith("it failed its check: template gradients off by 0.001")
+    assert torch.equal(out, expected)
+
+
+def test_fused_kernel_proves_itself_in_interpreter() -> None:
+    pytest.importorskip("triton")
+    child = "from tests.test_fast_path import check_self_check_cases; check_self_check_cases()"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", child], cwd=root, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if "fused correlation kernel switched off" in line]
+    assert len(warnings) == 2 and all(w.endswith("; using the PyTorch path instead") for w in warnings)
+
+
 def test_fused_corr_unavailable_on_cpu() -> None:
     assert not nets.corr_triton.available(torch.zeros(1))
 
@@ -176,13 +224,16 @@ def test_fast_path_on_cuda_tracks_like_exact(clip: tuple) -> None:
     trajs_e0, rgbs = (t.cuda() for t in clip)
     torch.manual_seed(0)
     model = Pips().cuda().eval()
-    with torch.no_grad():
+    # the exact path computes in IEEE float32; cuDNN's default TF32 alone moves tracks by ~0.2 px, so the
+    # float32 fast path is compared with TF32 off too
+    no_tf32 = torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False)
+    with torch.no_grad(), no_tf32:
         exact = model(trajs_e0, rgbs, iters=1)
         fast32 = model.set_fast(True, torch.float32)(trajs_e0, rgbs, iters=1)
         fast = model.set_fast(True)(trajs_e0, rgbs, iters=2)
-    torch.testing.assert_close(fast32.coords[-1], exact.coords[-1], atol=5e-2, rtol=0)
-    assert fast.coords[-1].dtype == torch.float32 and torch.isfinite(fast.coords[-1]).all()
-    assert torch.equal(fast.coords[-1][:, 0], trajs_e0[:, 0])
+    torch.testing.assert_close(fast32.tracks, exact.tracks, atol=5e-2, rtol=0)
+    assert fast.tracks.dtype == torch.float32 and torch.isfinite(fast.tracks).all()
+    assert torch.equal(fast.tracks[:, 0], trajs_e0[:, 0])
 
 
 def test_failing_fused_kernel_falls_back_to_pytorch_once(monkeypatch, caplog) -> None:  # noqa: ANN001
@@ -193,6 +244,7 @@ def test_failing_fused_kernel_falls_back_to_pytorch_once(monkeypatch, caplog) ->
         raise RuntimeError("no kernel image for this GPU")
 
     monkeypatch.setattr(nets.corr_triton, "_failure", None)
+    monkeypatch.setattr(nets.corr_triton, "_checked", set())
     monkeypatch.setattr(nets.corr_triton, "triton", object())  # as if Triton imported
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda t: True))
     monkeypatch.setattr(nets.corr_triton, "fused_corr", broken)
@@ -228,10 +280,11 @@ def test_float16_overflow_redoes_the_window_in_float32(clip: tuple) -> None:
         model.fnet.conv1.weight.mul_(1e6)  # conv1 outputs of ~1e5, beyond float16's 65504: inf
         fp32 = model.set_fast(True, torch.float32)(trajs_e0, rgbs, iters=2)
         model.set_fast(True, torch.float16)
+        assert not torch.isfinite(model(trajs_e0, rgbs, iters=2).tracks).all()  # the model itself overflows
         with pytest.warns(UserWarning, match="float16 overflowed"):
-            out = model(trajs_e0, rgbs, iters=2)
-    assert torch.equal(out.coords[-1], fp32.coords[-1])
-    assert model.fast_dtype == torch.float16  # later windows try float16 again
+            out = Float16Guard(model)(trajs_e0, rgbs, iters=2)
+    assert torch.equal(out.tracks, fp32.tracks)
+    assert model.fast_dtype == torch.float16  # the model is left as it was: later windows try float16 again
 
 
 def test_set_fast_rejects_other_dtypes() -> None:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import hubconf
-from nets.api import PipsTracker
 from nets.pips2 import Pips
+from tracking import PipsTracker
 from utils.checkpoint import save
 
 REPO = Path(__file__).resolve().parents[1]

@@ -39,7 +39,7 @@ def clip(B: int, S: int, N: int, H: int, W: int, seed: int = 1) -> tuple[torch.T
 
 def gradients(model: Pips, trajs: torch.Tensor, rgbs: torch.Tensor, iters: int) -> dict[str, torch.Tensor]:
     out = model(trajs, rgbs, iters=iters)
-    sequence_loss(out.coords[:-1], trajs, torch.ones(trajs.shape[:3])).backward()
+    sequence_loss(out.preds, trajs, torch.ones(trajs.shape[:3])).backward()
     return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 
@@ -48,9 +48,9 @@ def count_encoder_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls = []
     encode_frames = Pips._encode_frames
 
-    def counted(self: Pips, frames: torch.Tensor) -> torch.Tensor:
+    def counted(self: Pips, frames: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         calls.append(frames.shape[0])
-        return encode_frames(self, frames)
+        return encode_frames(self, frames, dtype)
 
     monkeypatch.setattr(Pips, "_encode_frames", counted)
     return calls
@@ -91,9 +91,16 @@ def test_fast_path_gradients_equal_with_and_without_recompute() -> None:
     assert (grads[True] - grads[False]).norm() <= 2e-3 * grads[False].norm()
 
 
-def test_compiled_parts_recompute_the_delta_block_whole(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Selective recomputation around inductor's code gives wrong gradients: compiled parts are recomputed
-    whole. (The eager backend compiles quickly and computes exactly as without compiling.)"""
+def autocast_nesting() -> int:
+    depth = torch.autocast_increment_nesting() - 1
+    torch.autocast_decrement_nesting()
+    return depth
+
+
+def test_compiled_parts_recompute_the_eager_delta_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recomputing code compiled by torch.compile gives wrong gradients and leaves autocast's nesting count
+    raised (its cast cache would then never be cleared): under recomputation the compiled delta block runs
+    its eager forward, selectively recomputed like an uncompiled one. (The eager backend compiles quickly.)"""
     policy_calls = []
     keep = nets.pips2._keep_layer_outputs
     monkeypatch.setattr(
@@ -108,7 +115,8 @@ def test_compiled_parts_recompute_the_delta_block_whole(monkeypatch: pytest.Monk
             model.compile_parts(backend="eager")
         policy_calls.clear()
         grads[compiled] = gradients(model, trajs, rgbs, iters=2)
-        assert bool(policy_calls) != compiled
+        assert policy_calls
+        assert autocast_nesting() == 0
     for name, expected in grads[False].items():
         torch.testing.assert_close(grads[True][name], expected, rtol=1e-5, atol=1e-7, msg=name)
 
@@ -125,7 +133,7 @@ def test_thirty_steps_on_a_fixed_batch_give_the_same_losses() -> None:
         losses[recompute] = []
         for step in range(30):
             g = train.step_generator(0, step, 0)
-            out = train.train_step(model, params, opt, itertools.repeat(batch), g, 2, 1, 5.0, "cpu")
+            out = train.train_step(model, params, opt, itertools.repeat(batch), g, 2, 1, 5.0, "cpu", 0.0)
             assert not out.skipped
             losses[recompute].append(out.loss)
         weights[recompute] = model.delta_block.dense.weight.detach()
@@ -143,7 +151,7 @@ def test_inference_is_untouched_by_the_switch(monkeypatch: pytest.MonkeyPatch) -
         with torch.no_grad():
             outs[recompute] = Pips().set_recompute(recompute)(trajs, rgbs, iters=2)
     assert calls == [nets.pips2.ENCODE_CHUNK, 2] * 2
-    for a, b in zip(outs[True].coords, outs[False].coords):
+    for a, b in zip(outs[True].preds, outs[False].preds):
         assert torch.equal(a, b)
 
 

@@ -60,16 +60,16 @@ def test_encoder_matches_fixture(model: Pips, ref: dict) -> None:
 def test_forward_matches_fixture(model: Pips, ref: dict, iters: int, tol: float) -> None:
     with torch.no_grad():
         out = model(t(ref["trajs_e0"]), t(ref["rgbs"]).float(), iters=iters)
-    assert len(out.coords) == iters + 1 and len(out.coords_anim) == iters + 2
-    np.testing.assert_allclose(
-        torch.stack(out.coords).numpy(), ref[f"it{iters}_coord_predictions1"], atol=tol, rtol=0
+    assert len(out.preds) == iters and len(out.coords_anim) == iters + 2
+    np.testing.assert_allclose(  # the official first output: each iteration's prediction, then the result
+        torch.stack([*out.preds, out.tracks]).numpy(), ref[f"it{iters}_coord_predictions1"], atol=tol, rtol=0
     )
     np.testing.assert_allclose(
         torch.stack(out.coords_anim).numpy(), ref[f"it{iters}_coord_predictions2"], atol=tol, rtol=0
     )
     for i, name in enumerate(("feats1", "feats2", "feats4")):
         np.testing.assert_allclose(out.feats[i].numpy(), ref[f"it{iters}_{name}"], atol=1e-3, rtol=0)
-    loss = sequence_loss(out.coords[:-1], t(ref["trajs_g"]), t(ref["valids"]), gamma=0.8)
+    loss = sequence_loss(out.preds, t(ref["trajs_g"]), t(ref["valids"]), gamma=0.8)
     np.testing.assert_allclose(loss.item(), ref[f"it{iters}_loss"], rtol=1e-4)
 
 
@@ -80,10 +80,10 @@ def test_forward_under_autograd_with_recompute_matches_fixture(model: Pips, ref:
         out = model(t(ref["trajs_e0"]), t(ref["rgbs"]).float(), iters=2)
     finally:
         model.set_recompute(False)
-    coords = torch.stack(out.coords).detach().numpy()
+    coords = torch.stack([*out.preds, out.tracks]).detach().numpy()
     np.testing.assert_allclose(coords, ref["it2_coord_predictions1"], atol=0.05, rtol=0)
-    assert out.coords[-1].requires_grad
-    loss = sequence_loss(out.coords[:-1], t(ref["trajs_g"]), t(ref["valids"]), gamma=0.8)
+    assert out.tracks.requires_grad
+    loss = sequence_loss(out.preds, t(ref["trajs_g"]), t(ref["valids"]), gamma=0.8)
     np.testing.assert_allclose(loss.item(), ref["it2_loss"], rtol=1e-4)
 
 
@@ -92,15 +92,15 @@ def test_chained_window_matches_fixture(model: Pips, ref: dict) -> None:
     with torch.no_grad():
         first = model(t(ref["trajs_e0"]), rgbs, iters=1)
         second = model(t(ref["chain_trajs_e0"]), rgbs.flip(1), iters=1, feat_init=first.feats)
-    np.testing.assert_allclose(second.coords[-1].numpy(), ref["chain_out"], atol=0.01, rtol=0)
+    np.testing.assert_allclose(second.tracks.numpy(), ref["chain_out"], atol=0.01, rtol=0)
 
 
 def test_frame0_locked_in_output(model: Pips, ref: dict) -> None:
     e0 = t(ref["trajs_e0"])
     with torch.no_grad():
         out = model(e0, t(ref["rgbs"]).float(), iters=1)
-    torch.testing.assert_close(out.coords[-1][:, 0], e0[:, 0])
-    assert not torch.allclose(out.coords[0][:, 0], e0[:, 0])
+    torch.testing.assert_close(out.tracks[:, 0], e0[:, 0])
+    assert not torch.allclose(out.preds[0][:, 0], e0[:, 0])
 
 
 @pytest.mark.parametrize("recompute", [False, True])
@@ -110,9 +110,9 @@ def test_tiny_forward_backward_finite(recompute: bool) -> None:
     rgbs = torch.rand(2, 5, 3, 64, 96) * 255
     trajs = torch.rand(2, 5, 7, 2) * torch.tensor([95.0, 63.0])
     out = model(trajs, rgbs, iters=2)
-    assert out.coords[-1].shape == (2, 5, 7, 2)
+    assert out.tracks.shape == (2, 5, 7, 2)
     assert all(f.shape == (2, 5, 7, 128) for f in out.feats)
-    loss = sequence_loss(out.coords[:-1], trajs, torch.ones(2, 5, 7))
+    loss = sequence_loss(out.preds, trajs, torch.ones(2, 5, 7))
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert len(grads) == 80  # every parameter but the unused norm.*

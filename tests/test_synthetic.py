@@ -147,7 +147,7 @@ def test_select_points_spreads_over_layers():
 def test_synthetic_clips_deterministic_and_well_formed():
     ds = SyntheticClips(S=6, N=32, crop_size=(64, 96), length=5, seed=3)
     a, b = ds[2], ds[2]
-    assert a.rgbs.shape == (6, 3, 64, 96) and a.rgbs.dtype == np.uint8
+    assert a.rgbs.shape == (6, 64, 96, 3) and a.rgbs.dtype == np.uint8
     assert a.trajs.shape == (6, 32, 2) and a.visibs.shape == a.valids.shape == (6, 32)
     for name in ("rgbs", "trajs", "visibs", "valids"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
@@ -167,7 +167,7 @@ def test_synthetic_clips_deterministic_and_well_formed():
 
 def test_synthetic_clip_tracks_match_pixels():
     sample = SyntheticClips(S=8, N=64, crop_size=(96, 128), seed=1)[0]
-    frames = sample.rgbs.transpose(0, 2, 3, 1)
+    frames = sample.rgbs
     start = _colours(frames[0], sample.trajs[0])
     diffs = [
         np.abs(_colours(frames[t], sample.trajs[t]) - start).mean(-1)[sample.visibs[t] > 0] for t in range(8)

@@ -72,7 +72,7 @@ def test_overfits_one_fixed_batch() -> None:
     losses = []
     for _ in range(30):
         g = torch.Generator().manual_seed(0)  # the same initial tracks every step: a fixed problem
-        out = train.train_step(model, params, opt, itertools.repeat(batch), g, 2, 1, 5.0, "cpu")
+        out = train.train_step(model, params, opt, itertools.repeat(batch), g, 2, 1, 5.0, "cpu", 0.0)
         assert not out.skipped
         losses.append(out.loss)
     assert losses[-1] < 0.5 * losses[0], losses
@@ -87,7 +87,7 @@ def test_non_finite_loss_skips_the_step() -> None:
     opt = torch.optim.AdamW(params, lr=5e-4)
     before = [p.detach().clone() for p in params]
     out = train.train_step(
-        model, params, opt, iter([collate_clips([sample])]), torch.Generator(), 1, 1, 5.0, "cpu"
+        model, params, opt, iter([collate_clips([sample])]), torch.Generator(), 1, 1, 5.0, "cpu", 0.0
     )
     assert out.skipped
     assert all(torch.equal(a, b) for a, b in zip(before, params))
@@ -166,7 +166,7 @@ def test_open_data_reads_pointodyssey_layout_and_exports(tmp_path: Path) -> None
     train_data, val_data = train.open_data(str(root), 4, 8, (64, 64), False, 0, 4)
     assert val_data is None  # no val/ split: no validation on training data
     batch = collate_clips([train_data[0], train_data[1]])
-    assert batch.rgbs.shape == (2, 4, 3, 64, 64) and batch.trajs.shape == (2, 4, 8, 2)
+    assert batch.rgbs.shape == (2, 4, 64, 64, 3) and batch.trajs.shape == (2, 4, 8, 2)
 
     export_mp4_dataset.main(
         dataset_location=str(root), S=4, N=8, crop_size=(64, 64), max_clips=4, out_root=str(tmp_path / "exp")
@@ -175,4 +175,4 @@ def test_open_data_reads_pointodyssey_layout_and_exports(tmp_path: Path) -> None
     train_data, val_data = train.open_data(str(folder), 4, 8, (64, 64), False, 0, 4)
     assert len(train_data) + len(val_data) == len(list(folder.glob("*/track.npz")))
     assert not set(train_data.clips) & set(val_data.clips)
-    assert val_data[0].rgbs.shape == (4, 3, 64, 64)
+    assert val_data[0].rgbs.shape == (4, 64, 64, 3)

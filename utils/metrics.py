@@ -86,6 +86,30 @@ def compute_pips_metrics(trajs_e: Array, trajs_g: Array, valids: Array, H: int, 
     return metrics
 
 
+def occlusion_accuracy(visible_e: Array, visibs: Array, valids: Array) -> float:
+    """Share (percent) of valid entries at frames t >= 1 whose predicted visibility is right.
+
+    Args:
+        visible_e: B,S,N predicted visibility (> 0.5 counts as visible: probabilities or 0/1).
+        visibs, valids: B,S,N ground truth (1 = visible) and where it is valid.
+    Returns:
+        NaN when no entry is valid.
+    """
+    visible_e = _float_tensor(visible_e, "visible_e", 3)
+    visibs = _float_tensor(visibs, "visibs", 3).to(visible_e.device)
+    valids = _float_tensor(valids, "valids", 3).to(visible_e.device)
+    if not visible_e.shape == visibs.shape == valids.shape:
+        raise ValueError(
+            f"expected visible_e, visibs, valids all B,S,N; got {tuple(visible_e.shape)}, "
+            f"{tuple(visibs.shape)}, {tuple(valids.shape)}"
+        )
+    mask = valids[:, 1:]
+    if mask.sum() == 0:
+        return float("nan")
+    right = ((visible_e[:, 1:] > 0.5) == (visibs[:, 1:] > 0.5)).float()
+    return (right * mask).sum().item() / mask.sum().item() * 100.0
+
+
 def compute_ate(trajs_e: Array, trajs_g: Array, visibs: Array, valids: Array) -> dict[str, float]:
     """Average track error in pixels (L2), for training logs.
 

@@ -31,7 +31,7 @@ _GIF_FILTER = "split[a][b];[a]palettegen[p];[b][p]paletteuse"
 
 
 class VideoInfo(NamedTuple):
-    num_frames: int
+    num_frames: int  # as the container announces it (see video_info); decoding may yet come up short
     height: int
     width: int
     fps: float | None  # None for a folder of images
@@ -44,7 +44,9 @@ def _existing(path: str | Path) -> Path:
     return path
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: str | Path) -> list[Path]:
+    """The jpg/png files of a folder, sorted by name (the frames of a video given as a folder)."""
+    folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise ValueError(f"no {'/'.join(IMAGE_EXTENSIONS)} images in folder {folder}")
@@ -87,19 +89,32 @@ def _open_ffmpeg(path: Path) -> tuple[Iterator[bytes], int, int, float]:
     return frames, height, width, float(meta["fps"])
 
 
+def _announced_frames(path: Path) -> int:
+    """The frame count in the container's header (0 where it has none), read without decoding."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0) if capture.isOpened() else 0
+    finally:
+        capture.release()
+
+
 def video_info(path: str | Path) -> VideoInfo:
-    """Frame count (exact: the video is decoded once, without conversion), size and fps."""
+    """Frame count, size and fps without decoding the video: the count is the one the container announces
+    (a truncated file may decode fewer frames; readers confirm it as they go). A container without a count
+    is decoded once to count. A folder counts its images."""
     path = _existing(path)
     if path.is_dir():
-        files = _image_files(path)
+        files = image_files(path)
         height, width, _ = _read_image(files[0], None).shape
         return VideoInfo(len(files), height, width, None)
     frames, height, width, fps = _open_ffmpeg(path)
     frames.close()
-    try:
-        num_frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
-    except RuntimeError as err:
-        raise _ffmpeg_error(path, err) from err
+    num_frames = _announced_frames(path)
+    if num_frames == 0:
+        try:
+            num_frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+        except RuntimeError as err:
+            raise _ffmpeg_error(path, err) from err
     if num_frames == 0:
         raise ValueError(f"video {path} has no frames")
     return VideoInfo(num_frames, height, width, fps)
@@ -155,7 +170,7 @@ def read_video(
     _check_range(start, max_frames, stride)
     path = _existing(path)
     if path.is_dir():
-        return _stream_folder(_image_files(path), start, max_frames, stride)
+        return _stream_folder(image_files(path), start, max_frames, stride)
     return _stream_file(path, start, max_frames, stride)
 
 
@@ -204,6 +219,8 @@ class VideoWriter:
             encode = ["-vf", _GIF_FILTER, "-loop", "0"]
         else:
             encode = ["-c:v", "libx264", "-crf", str(self.crf), "-pix_fmt", "yuv420p"]
+            if self.format in ("mp4", "mov"):  # index first: players start at once, a cut-off copy opens
+                encode += ["-movflags", "+faststart"]
         return [
             imageio_ffmpeg.get_ffmpeg_exe(),
             *("-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24"),

@@ -1,119 +1,94 @@
-"""PipsTracker: track points through a video given as an array, a tensor or a file.
+"""PipsTracker, and the one function that builds a ready model from a checkpoint for a device and a job.
 
     tracker = PipsTracker.from_checkpoint()             # ./reference_model, best device
     tracks = tracker("video.mp4", grid_size=32)         # T,1024,2
     tracks = tracker(frames, queries=[[0, 120.0, 64.5], [40, 300.0, 200.0]])   # T,2,2
+    result = tracker.predict("video.mp4", grid_size=32)  # .tracks, and .visibility, .confidence (T,N)
 
 Query and track coordinates are x,y pixels of the input video (integers at pixel centres). Frames are
 resized to the model's `image_size` one window at a time and coordinates scaled by W'/W, H'/H on the way
-in and back on the way out. A video file is decoded lazily: only the frames of the current window are
-held, so memory does not grow with the video's length.
+in and back on the way out. A video file is decoded forward once, whatever frames the queries sit at, so
+time grows linearly with the video's length and memory stays flat (tracking/frames.py).
 """
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from nets.pips2 import Pips
-from nets.tracker import resize_frames, track
-from utils.checkpoint import load_weights
+from nets.pips2 import VIS_HEAD_PREFIX, Feats, Pips, PipsOutput
+from nets.tracker import Progress, track
+from tracking.frames import Video, check_size, open_frames
+from utils.checkpoint import load_state, read_weights, strip_prefixes
 from utils.dist import fast_dtype, pick_device
-from utils.video import read_video, video_info
 
 REFERENCE_DIR = "./reference_model"
 GRID_MARGIN = 8  # the official demo's grid margin, in pixels of the model's resolution
-
-Video = np.ndarray | torch.Tensor | str | Path
-
-
-def _model_input(frames: torch.Tensor, image_size: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """T,H,W,3 uint8 -> 1,T,3,H',W' float RGB 0..255 on `device`, bilinearly resized to image_size."""
-    return resize_frames(frames.to(device).permute(0, 3, 1, 2).float()[None], image_size)  # 1,T,3,H',W'
+JOBS = ("infer", "train")
 
 
-class ArrayFrames:
-    """FrameSource over an in-memory T,H,W,3 uint8 video; each window is resized on `device`."""
+def build_model(
+    checkpoint: str | Path | None,
+    device: torch.device | str = "",
+    job: str = "infer",
+    fast: bool = True,
+    vis_head: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Pips:
+    """A Pips ready for `job`, with the weights of `checkpoint`, on `device`.
 
-    def __init__(self, video: torch.Tensor, image_size: tuple[int, int], device: torch.device) -> None:
-        self.video = video
-        self.num_frames, self.height, self.width, _ = video.shape
-        self.image_size = image_size
-        self.device = device
-
-    def get(self, start: int, end: int) -> torch.Tensor:
-        return _model_input(self.video[start:end], self.image_size, self.device)
-
-    def close(self) -> None:
-        """Nothing to release (the same interface as VideoFileFrames)."""
-
-
-class VideoFileFrames:
-    """FrameSource decoding a video file (or folder of frames) on demand.
-
-    It keeps the frames from the last requested start on, so windows that move forward are decoded once;
-    a request before them (a backward pass) re-opens the file and decodes from its start.
+    Args:
+        checkpoint: a checkpoint file, or a directory whose newest readable model-*.pth is used; None = the
+            random initialisation of the current torch seed.
+        device: '' = CUDA if available, then MPS, then CPU.
+        job: "infer" (eval mode; the fast path autocasts to float16) or "train" (train mode; bfloat16).
+        fast: the fast path where it pays (CUDA); False, or CPU/MPS, = the exact float32 path.
+        vis_head: with the visibility head (Pips(vis_head=True)); None = as the checkpoint has it (none
+            without a checkpoint). A checkpoint without the head loads into a model with it: every backbone
+            weight strictly, and one warning says that the head starts untrained.
+        log: called with one line saying what was loaded where.
+    Raises:
+        FileNotFoundError pointing at get_reference_model.sh when there is no checkpoint; ValueError naming
+        the file when it is not a checkpoint of this model.
     """
+    if job not in JOBS:
+        raise ValueError(f"job must be one of {JOBS}, got {job!r}")
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    path, state = (None, None) if checkpoint is None else read_weights(checkpoint)
+    if vis_head is None:
+        names = strip_prefixes(state["model_state_dict"]) if state is not None else {}
+        vis_head = any(name.startswith(VIS_HEAD_PREFIX) for name in names)
+    model = Pips(stride=8, vis_head=vis_head)
+    step = None if state is None else load_state(path, state, model, optional=(VIS_HEAD_PREFIX,))
+    dtype = fast_dtype(dev, fast, training=job == "train")
+    model = model.to(dev).train(job == "train").set_fast(dtype is not None, dtype)
+    if log is not None:
+        weights = "random weights" if state is None else f"{path} (step {step})"
+        head = ", visibility head" if vis_head else ""
+        precision = f", fast path ({str(dtype).removeprefix('torch.')})" if dtype is not None else ""
+        log(f"model: {weights}{head} on {dev}{precision}")
+    return model
 
-    def __init__(
-        self,
-        path: str | Path,
-        image_size: tuple[int, int],
-        device: torch.device,
-        max_frames: int | None = None,
-    ) -> None:
-        info = video_info(path)
-        self.path = Path(path)
-        self.num_frames = info.num_frames if max_frames is None else min(max_frames, info.num_frames)
-        self.height, self.width, self.fps = info.height, info.width, info.fps
-        self.image_size = image_size
-        self.device = device
-        self._reader = None
-        self._first = 0  # frame index of self._frames[0]; the reader's next frame follows the last held one
-        self._frames: list[np.ndarray] = []  # H,W,3 uint8 each
 
-    def _open(self, start: int) -> None:
-        self.close()
-        self._reader = read_video(self.path, start=start, max_frames=self.num_frames - start)
-        self._first = start
+class Float16Guard:
+    """Runs a Pips window by window for inference; where the model autocasts to float16 and a window's
+    tracks overflow (non-finite), that window is redone without autocast, with one warning."""
 
-    def _next_frame(self) -> np.ndarray:
-        frame = next(self._reader, None)  # H,W,3
-        if frame is None:
-            raise ValueError(f"video {self.path} ended before frame {self._first + len(self._frames)}")
-        return frame
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
 
-    def get(self, start: int, end: int) -> torch.Tensor:
-        if not 0 <= start < end <= self.num_frames:
-            raise ValueError(f"frames [{start}, {end}) are not among the {self.num_frames} of {self.path}")
-        if self._reader is None or start < self._first:
-            self._open(start)
-        skip = start - self._first
-        for _ in range(skip - len(self._frames)):
-            self._next_frame()
-        del self._frames[:skip]
-        self._first = start
-        while len(self._frames) < end - start:
-            self._frames.append(self._next_frame())
-        window = np.stack(self._frames[: end - start])  # T,H,W,3
-        return _model_input(torch.from_numpy(window), self.image_size, self.device)
-
-    def close(self) -> None:
-        """Stop the decoder and drop the held frames."""
-        if self._reader is not None:
-            self._reader.close()
-        self._reader, self._frames = None, []
-
-    def __enter__(self) -> "VideoFileFrames":
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+    def __call__(
+        self, trajs_e0: torch.Tensor, rgbs: torch.Tensor, iters: int, feat_init: Feats | None = None
+    ) -> PipsOutput:
+        out = self.model(trajs_e0, rgbs, iters=iters, feat_init=feat_init)
+        if getattr(self.model, "fast_dtype", None) == torch.float16 and not torch.isfinite(out.tracks).all():
+            warnings.warn("float16 overflowed in a window; that window is redone in float32", stacklevel=2)
+            out = self.model(trajs_e0, rgbs, iters=iters, feat_init=feat_init, dtype=torch.float32)
+        return out
 
 
 def grid_queries(grid_size: int, H: int, W: int, image_size: tuple[int, int] = (512, 896)) -> torch.Tensor:
@@ -124,7 +99,7 @@ def grid_queries(grid_size: int, H: int, W: int, image_size: tuple[int, int] = (
     """
     if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 1:
         raise ValueError(f"grid_size must be a positive integer, got {grid_size!r}")
-    image_size = _check_size(image_size)
+    image_size = check_size(image_size)
     steps = torch.linspace(0, 1, grid_size) if grid_size > 1 else torch.full((1,), 0.5)  # g
     mx, my = GRID_MARGIN * W / image_size[1], GRID_MARGIN * H / image_size[0]
     xs = mx + steps * (W - 2 * mx)  # g
@@ -154,11 +129,12 @@ def check_queries(queries: np.ndarray | torch.Tensor | Sequence, T: int, H: int,
     return q
 
 
-def _check_size(image_size: Sequence[int]) -> tuple[int, int]:
-    size = tuple(image_size) if isinstance(image_size, (tuple, list)) else ()
-    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-        raise ValueError(f"image_size must be two positive integers H,W, got {image_size!r}")
-    return size
+class Prediction(NamedTuple):
+    """Tracks of a video, in its pixels, with the visibility head's estimates where the model has one."""
+
+    tracks: np.ndarray | torch.Tensor  # T,N,2 x,y pixels
+    visibility: np.ndarray | torch.Tensor | None  # T,N probability that the point is visible (None: no head)
+    confidence: np.ndarray | torch.Tensor | None  # T,N probability that the track is within a few pixels
 
 
 class PipsTracker:
@@ -194,7 +170,7 @@ class PipsTracker:
             device = param.device if param is not None else "cpu"
         self.device = torch.device(device)
         self.S, self.iters = S, iters
-        self.image_size = _check_size(image_size)
+        self.image_size = check_size(image_size)
         dtype = fast_dtype(self.device, fast is None or fast)
         self.fast = dtype is not None
         if self.fast or fast is not None:
@@ -212,22 +188,10 @@ class PipsTracker:
     ) -> "PipsTracker":
         """A tracker with the weights of `path` (a checkpoint file or directory; None = ./reference_model)
         on `device` (None = CUDA, then MPS, then CPU)."""
-        dev = pick_device(str(device) if device is not None else "")
-        model = Pips()
-        load_weights(REFERENCE_DIR if path is None else path, model)
-        return cls(model.to(dev), S=S, iters=iters, image_size=image_size, fast=fast, device=dev)
-
-    def _source(self, video: Video, max_frames: int | None) -> ArrayFrames | VideoFileFrames:
-        if max_frames is not None and max_frames < 1:
-            raise ValueError(f"max_frames must be at least 1, got {max_frames}")
-        if isinstance(video, (str, Path)):
-            return VideoFileFrames(video, self.image_size, self.device, max_frames)
-        frames = torch.from_numpy(video) if isinstance(video, np.ndarray) else video
-        if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"video must be T,H,W,3 (numpy or torch) or a path, got {_describe(video)}")
-        if frames.dtype != torch.uint8 or frames.shape[0] == 0:
-            raise ValueError(f"video must hold at least one frame of uint8 RGB, got {_describe(video)}")
-        return ArrayFrames(frames[:max_frames], self.image_size, self.device)
+        model = build_model(REFERENCE_DIR if path is None else path, "" if device is None else device,
+                            fast=fast is None or fast)  # fmt: skip
+        dev = next(model.parameters()).device
+        return cls(model, S=S, iters=iters, image_size=image_size, fast=fast, device=dev)
 
     def __call__(
         self,
@@ -235,39 +199,49 @@ class PipsTracker:
         queries: np.ndarray | torch.Tensor | Sequence | None = None,
         grid_size: int | None = None,
         max_frames: int | None = None,
-        progress: Callable[[int], None] | None = None,
+        progress: Progress | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Track `queries` (N,3 rows of t,x,y in the video's pixels, t any frame) or a grid_size^2 grid
         at frame 0 (see grid_queries) through the video's first `max_frames` frames (None = all).
 
         Args:
             video: T,H,W,3 uint8 RGB (numpy or torch), or the path of a video file or folder of frames.
-            progress: called with the number of newly tracked frames after each forward window.
+            progress: called with the number of newly tracked frames after each window; over a call they
+                add up to (T - 1) * (the number of distinct query frames).
         Returns:
             T,N,2 float32 x,y pixels of the input video: a tensor on the video's device for a tensor
-            input, else a numpy array. At its query frame a track equals its query.
+            input, else a numpy array. At its query frame a track equals its query. T is the number of
+            frames that could be read (a truncated video file gives fewer than it announces, with a warning).
+            `predict` gives the visibility and confidence too.
         """
+        return self.predict(video, queries, grid_size, max_frames, progress).tracks
+
+    def predict(
+        self,
+        video: Video,
+        queries: np.ndarray | torch.Tensor | Sequence | None = None,
+        grid_size: int | None = None,
+        max_frames: int | None = None,
+        progress: Progress | None = None,
+    ) -> Prediction:
+        """As calling the tracker, with the visibility and confidence of every track at every frame as
+        probabilities T,N where the model has a visibility head (None otherwise)."""
         if (queries is None) == (grid_size is None):
             raise ValueError("give exactly one of queries (N,3 rows of t,x,y) and grid_size")
-        source = self._source(video, max_frames)
-        try:
+        with open_frames(video, self.image_size, self.device, max_frames=max_frames) as source:
             H, W = source.height, source.width
             if grid_size is not None:
                 q = grid_queries(grid_size, H, W, self.image_size)
             else:
                 q = check_queries(queries, source.num_frames, H, W)
+            source.cache = bool((q[:, 0] > 0).any())  # backward passes read earlier frames again
             scale = torch.tensor([self.image_size[1] / W, self.image_size[0] / H])  # 2, x then y
             q_model = torch.cat([q[:, :1], q[:, 1:] * scale], dim=-1).to(self.device)  # N,3
-            tracks = track(self.model, source, q_model[None], self.S, self.iters, progress)  # 1,T,N,2
-        finally:
-            source.close()
-        tracks = tracks[0].float().cpu() / scale  # T,N,2
+            out = track(Float16Guard(self.model), source, q_model[None], self.S, self.iters, progress)
+        fields = [out.tracks[0].float().cpu() / scale]  # T,N,2
+        fields += [
+            None if x is None else torch.sigmoid(x[0].float()).cpu() for x in (out.vis, out.conf)
+        ]  # T,N
         if isinstance(video, torch.Tensor):
-            return tracks.to(video.device)
-        return tracks.numpy()
-
-
-def _describe(video: object) -> str:
-    if isinstance(video, (np.ndarray, torch.Tensor)):
-        return f"{type(video).__name__} of shape {tuple(video.shape)} and dtype {video.dtype}"
-    return type(video).__name__
+            return Prediction(*(None if x is None else x.to(video.device) for x in fields))
+        return Prediction(*(None if x is None else x.numpy() for x in fields))

@@ -1,0 +1,141 @@
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tracking.frames
+from nets.pips2 import PipsOutput
+from nets.tracker import track_from_first_frame
+from tracking.frames import ArrayFrames, ImageFiles, VideoFileFrames, open_frames, resize_frames
+from utils.video import VideoInfo, read_frames, write_video
+
+
+def random_video(T: int, H: int, W: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (T, H, W, 3), dtype=np.uint8)  # T,H,W,3
+
+
+def test_bilinear_rule_is_torch_interpolate_and_cv2_rule_is_cv2_resize() -> None:
+    video = random_video(5, 20, 30)
+    window = ArrayFrames(video, image_size=(12, 16)).get(1, 4)  # 1,3,3,12,16
+    ref = F.interpolate(torch.from_numpy(video[1:4]).permute(0, 3, 1, 2).float(), (12, 16), mode="bilinear")
+    torch.testing.assert_close(window[0], ref, atol=0, rtol=0)
+    window = ArrayFrames(torch.from_numpy(video), image_size=(12, 16), resize="cv2").get(1, 4)
+    ref = np.stack([cv2.resize(f, (16, 12), interpolation=cv2.INTER_LINEAR) for f in video[1:4]])
+    torch.testing.assert_close(window[0], torch.from_numpy(ref).permute(0, 3, 1, 2).float(), atol=0, rtol=0)
+    assert window.dtype == torch.float32 and window.shape == (1, 3, 3, 12, 16)
+
+
+def test_resize_frames_keeps_frames_of_the_size() -> None:
+    rgbs = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).reshape(1, 2, 3, 4, 6)
+    assert resize_frames(rgbs, (4, 6)) is rgbs
+    half = resize_frames(rgbs, (2, 3))[0, 1]  # 3,2,3
+    torch.testing.assert_close(half[0, 0, 0], rgbs[0, 1, 0, :2, :2].mean())  # a 2x2 box, no corners
+
+
+def test_every_input_gives_the_same_frames(tmp_path: Path) -> None:
+    video = random_video(6, 16, 24)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    paths = []
+    for t, frame in enumerate(video):
+        paths.append(folder / f"{t:03d}.png")
+        cv2.imwrite(str(paths[-1]), frame[..., ::-1])
+    write_video(tmp_path / "clip.mp4", video, fps=5)
+    decoded = read_frames(tmp_path / "clip.mp4")
+    expected = torch.from_numpy(video).permute(0, 3, 1, 2).float()[None]  # 1,T,3,H,W
+    for source in (
+        open_frames(video),
+        open_frames(torch.from_numpy(video)),
+        open_frames(folder),
+        open_frames(paths),
+    ):
+        assert (source.num_frames, source.height, source.width) == (6, 16, 24)
+        torch.testing.assert_close(source.get(0, 6), expected, atol=0, rtol=0)
+        assert source.frames_read == 6
+    with open_frames(tmp_path / "clip.mp4", max_frames=4) as source:
+        assert source.num_frames == 4 and isinstance(source, VideoFileFrames)
+        torch.testing.assert_close(
+            source.get(1, 4), torch.from_numpy(decoded[1:4]).permute(0, 3, 1, 2).float()[None]
+        )
+    assert open_frames(paths, max_frames=2).num_frames == 2
+
+
+def test_images_of_another_size_are_named(tmp_path: Path) -> None:
+    for t, (H, W) in enumerate([(8, 10), (8, 10), (9, 10)]):
+        cv2.imwrite(str(tmp_path / f"{t}.png"), np.zeros((H, W, 3), np.uint8))
+    source = ImageFiles(sorted(tmp_path.glob("*.png")))
+    with pytest.raises(ValueError, match=r"image .*2\.png is 10x9, unlike the first image \(10x8\)"):
+        source.get(0, 3)
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        open_frames(np.zeros((3, 8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="T,H,W,3"):
+        open_frames(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="a path or a list of image paths, got int"):
+        open_frames(3)
+    with pytest.raises(ValueError, match="resize must be one of"):
+        ArrayFrames(np.zeros((3, 8, 8, 3), np.uint8), resize="nearest")
+    with pytest.raises(ValueError, match="max_frames must be at least 1"):
+        open_frames(np.zeros((3, 8, 8, 3), np.uint8), max_frames=0)
+    with pytest.raises(ValueError, match=r"frames \[2, 5\) are not among the 3"):
+        open_frames(np.zeros((3, 8, 8, 3), np.uint8)).get(2, 5)
+
+
+def test_a_cut_off_video_warns_and_gives_the_frames_it_has(tmp_path: Path, caplog) -> None:  # noqa: ANN001
+    write_video(tmp_path / "full.mp4", random_video(60, 48, 64), fps=10)
+    data = (tmp_path / "full.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) * 2 // 5])
+    decoded = read_frames(tmp_path / "cut.mp4")
+    assert 5 < len(decoded) < 60
+    with caplog.at_level(logging.WARNING), VideoFileFrames(tmp_path / "cut.mp4", cache=True) as source:
+        assert source.num_frames == 60  # as announced
+        window = source.get(0, 60)
+        assert window.shape[1] == len(decoded) == source.num_frames
+    assert f"announces 60 frames but only {len(decoded)} decode" in caplog.text and "cut.mp4" in caplog.text
+
+
+def test_tracking_a_cut_off_video_from_frame_0_ends_with_its_last_decoded_frame(tmp_path: Path) -> None:
+    write_video(tmp_path / "full.mp4", random_video(60, 32, 32), fps=10)
+    data = (tmp_path / "full.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    decodable = len(read_frames(tmp_path / "cut.mp4"))
+    starts = []
+
+    def still(trajs_e0, rgbs, iters, feat_init):  # noqa: ANN001, ANN202
+        starts.append(len(starts))
+        return PipsOutput(
+            trajs_e0, [trajs_e0], tuple(torch.zeros(*trajs_e0.shape[:3], 1) for _ in range(3)), []
+        )
+
+    with VideoFileFrames(tmp_path / "cut.mp4") as source:  # no cache: the last window is laid out again
+        tracks = track_from_first_frame(still, source, torch.zeros(1, 2, 2), S=8, iters=1).tracks
+    assert tracks.shape[1] == decodable == source.num_frames
+
+
+def test_a_video_longer_than_announced_warns(tmp_path: Path, caplog, monkeypatch) -> None:  # noqa: ANN001
+    write_video(tmp_path / "clip.mp4", random_video(12, 16, 16), fps=10)
+    monkeypatch.setattr(tracking.frames, "video_info", lambda path: VideoInfo(10, 16, 16, 10.0))
+    with caplog.at_level(logging.WARNING), VideoFileFrames(tmp_path / "clip.mp4") as source:
+        assert source.get(4, 10).shape[1] == 6
+    assert "announces 10 frames but more decode; only the first 10 are read" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), VideoFileFrames(tmp_path / "clip.mp4", max_frames=5) as source:
+        source.get(0, 5)  # a limit of the caller's: no warning
+    assert not caplog.text
+
+
+def test_backward_windows_read_the_cache_not_the_decoder(tmp_path: Path) -> None:
+    video = random_video(20, 16, 16)
+    write_video(tmp_path / "clip.mp4", video, fps=10)
+    decoded = torch.from_numpy(read_frames(tmp_path / "clip.mp4")).permute(0, 3, 1, 2).float()[None]
+    with VideoFileFrames(tmp_path / "clip.mp4", cache=True) as source:
+        for start in range(15, -1, -5):  # windows going back in time, as a backward pass asks for them
+            torch.testing.assert_close(source.get(start, start + 5), decoded[:, start : start + 5])
+        assert source.frames_read == 20  # each frame decoded once
+        assert len(source._held) <= 5  # memory: the current window only
