@@ -226,10 +226,23 @@ def newest_run(ckpt_root: Path) -> str:
     return runs[-1].name
 
 
-def pick_recipe(name: str, given: dict, saved: dict, info: dist.DistInfo) -> tuple[recipes.Recipe, str]:
-    """(the recipe of this run, the line that tells it). Each knob is the flag's value if given, else on
-    --resume the run's own, else the recipe's: `name`, else the run's, else the one fit for this device and
-    its free memory (the least free on any process, so that all processes agree)."""
+def least_free_memory(info: dist.DistInfo) -> int | None:
+    """Free bytes of this process's device (None off CUDA), the least on any process so all agree."""
+    free = recipes.free_memory(info.device)
+    if free is not None:
+        free = int(dist.all_reduce_min(torch.tensor(float(free), device=info.device)).item())
+    return free
+
+
+def pick_recipe(
+    name: str, given: dict, saved: dict, info: dist.DistInfo, recompute: bool | None = None
+) -> tuple[recipes.Recipe, bool, str]:
+    """(the recipe of this run, whether it recomputes activations, the line that tells both). Each knob is
+    the flag's value if given, else on --resume the run's own, else the recipe's: `name`, else the run's,
+    else the one fit for this device and its free memory (the least free on any process, so that all
+    processes agree). `recompute` None: on CPU and MPS, and on CUDA where storing every activation of a
+    step does not fit."""
+    free = least_free_memory(info)
     if name and name != saved.get("recipe"):
         saved = {}  # another recipe than the run's: none of its knobs
     name = name or saved.get("recipe", "")
@@ -238,20 +251,20 @@ def pick_recipe(name: str, given: dict, saved: dict, info: dist.DistInfo) -> tup
             raise ValueError(f"--recipe must be one of {', '.join(recipes.RECIPES)}, got {name!r}")
         base, why = recipes.RECIPES[name], "the run's own" if saved else "as asked"
     else:
-        free = recipes.free_memory(info.device)
-        if free is not None:
-            free = int(dist.all_reduce_min(torch.tensor(float(free), device=info.device)).item())
         base, why = recipes.choose(info.device, free)
     knobs = {k: given.get(k, saved.get(k)) for k in base.knobs()}
     if knobs["crop_size"] is not None:
         knobs["crop_size"] = tuple(knobs["crop_size"])  # a list in config.json
     plan = recipes.resolve(base, **knobs)
-    line = f"recipe {plan.name}: {plan.describe()} ({why})"
+    if recompute is None:
+        recompute = recipes.recompute_pays(plan, info.device, free)
+    line = f"recipe {plan.name}: {plan.describe()} ({why}); "
+    line += f"activations {'recomputed' if recompute else 'stored'} (--recompute)"
     if given:
         line += f"; set by flags: {', '.join(f'--{k}' for k in given)}"
     if plan.name != recipes.OFFICIAL.name:
         line += f". {recipes.official_hint()}"
-    return plan, line
+    return plan, recompute, line
 
 
 def skipped_data(data: Dataset | None) -> list[str]:
@@ -296,7 +309,7 @@ def main(
     ckpt_dir: str = "./checkpoints",  # checkpoints, per run
     device: str = "",  # '' = cuda if available, else mps, else cpu
     fast: bool = True,  # the fast path on CUDA: bf16 autocast, channels_last, fused kernels (CPU: float32)
-    recompute: bool = True,  # recompute activations in backward (Pips.set_recompute): less memory, more time
+    recompute: bool | None = None,  # recompute activations in backward: less memory, more time (default: CPU)
     compile: bool = False,  # torch.compile the model
     max_bad_steps: int = 5,  # stop after this many non-finite losses in a row
 ) -> None:
@@ -310,7 +323,7 @@ def main(
     saved_path = Path(log_dir) / run_name / "config.json"
     saved = json.loads(saved_path.read_text()) if resume and run_name and saved_path.is_file() else {}
     given = {k: v for k, v in config.items() if k in recipes.OFFICIAL.knobs() and v is not None}
-    plan, recipe_line = pick_recipe(recipe, given, saved, info)
+    plan, recompute, recipe_line = pick_recipe(recipe, given, saved, info, recompute)
     config.update({k: getattr(plan, k) for k in plan.knobs()}, recipe=plan.name)
     if info.is_main:
         print(recipe_line)

@@ -10,23 +10,38 @@ CPU = DistInfo(0, 0, 1, torch.device("cpu"))
 
 
 @pytest.mark.parametrize(
-    "device, free_gib, expected",
+    "device, free_gib, expected, recompute",
     [
-        ("cuda", 80, "official"),  # an 80 GB card
-        ("cuda", 48, "official-b2"),
-        ("cuda", 24, "official-b1"),
-        ("cuda", 12, "small"),
-        ("cpu", None, "small"),
-        ("mps", None, "small"),
+        ("cuda", 80, "official", False),  # an 80 GB card: every activation stored, the quickest
+        ("cuda", 40, "official", False),  # 31 GiB planned of 36 usable
+        ("cuda", 24, "official-b2", False),  # micro-batches that store everything beat recomputing
+        ("cuda", 12, "official-b1", False),
+        ("cuda", 8, "official", True),  # too small to store even one clip's activations: recomputed
+        ("cuda", 4, "official-b2", True),
+        ("cuda", 1, "small", True),
+        ("cpu", None, "small", True),
+        ("mps", None, "small", True),
     ],
 )
-def test_recipe_fits_the_device_and_its_free_memory(device: str, free_gib: int | None, expected: str) -> None:
+def test_recipe_fits_the_device_and_its_free_memory(
+    device: str, free_gib: int | None, expected: str, recompute: bool
+) -> None:
     free = None if free_gib is None else free_gib * GIB
     chosen, why = recipes.choose(torch.device(device), free)
     assert chosen.name == expected
+    assert recipes.recompute_pays(chosen, torch.device(device), free) == recompute
     if free is not None:
         assert f"{free_gib} GiB" in why
-        assert recipes.needed_gib(chosen) <= free_gib or expected == "small"
+        assert recipes.needed_gib(chosen, recompute) <= 0.9 * free_gib or expected == "small"
+
+
+def test_memory_plan_follows_the_measured_step() -> None:
+    # the official step: 1 GiB fixed + 4 clips of 7.5 GiB stored or 1.25 GiB recomputed; the fine-tune
+    # recipe (S=64, 512x896) has 64*512*896 / (36*256*384) = 6.5 times the clip volume
+    assert recipes.needed_gib(recipes.OFFICIAL, False) == pytest.approx(31.0)
+    assert recipes.needed_gib(recipes.OFFICIAL, True) == pytest.approx(6.0)
+    finetune = recipes.resolve(recipes.OFFICIAL, B=1, S=64, crop_size=(512, 896))
+    assert recipes.needed_gib(finetune, True) == pytest.approx(1 + 1.25 * 64 * 512 * 896 / (36 * 256 * 384))
 
 
 def test_micro_batch_recipes_make_the_official_batch() -> None:
@@ -38,21 +53,22 @@ def test_micro_batch_recipes_make_the_official_batch() -> None:
 
 
 def test_quick_start_on_cpu_tells_its_recipe_and_the_official_one() -> None:
-    plan, line = train.pick_recipe("", {}, {}, CPU)
-    assert plan == recipes.RECIPES["small"]
-    assert line.startswith(f"recipe small: {plan.describe()} (sized for CPU). The official recipe (B=4, S=36")
+    plan, recompute, line = train.pick_recipe("", {}, {}, CPU)
+    assert plan == recipes.RECIPES["small"] and recompute
+    head = f"recipe small: {plan.describe()} (sized for CPU); activations recomputed (--recompute). "
+    assert line.startswith(head + "The official recipe (B=4, S=36")
     assert line.endswith("--recipe official")
 
 
 def test_given_flags_win_then_the_runs_own_then_the_recipe() -> None:
-    plan, line = train.pick_recipe("", {"B": 1, "crop_size": (64, 64)}, {}, CPU)
+    plan, _, line = train.pick_recipe("", {"B": 1, "crop_size": (64, 64)}, {}, CPU, recompute=False)
     assert (plan.B, plan.crop_size, plan.S) == (1, (64, 64), recipes.RECIPES["small"].S)
-    assert "set by flags: --B, --crop_size" in line
+    assert "activations stored (--recompute); set by flags: --B, --crop_size" in line
     saved = {"recipe": "official-b1", "B": 1, "S": 24, "crop_size": [128, 128], "lr": 1.0}
-    plan, line = train.pick_recipe("", {"S": 12}, saved, CPU)  # --resume of a run with its own knobs
+    plan, _, line = train.pick_recipe("", {"S": 12}, saved, CPU)  # --resume of a run with its own knobs
     assert (plan.name, plan.B, plan.S, plan.crop_size, plan.grad_acc) == ("official-b1", 1, 12, (128, 128), 4)
     assert "(the run's own)" in line
-    plan, _ = train.pick_recipe("official", {}, saved, CPU)  # another recipe asked for: the run's knobs go
+    plan, _, _ = train.pick_recipe("official", {}, saved, CPU)  # another recipe asked for: the run's knobs go
     assert plan == recipes.OFFICIAL
     with pytest.raises(ValueError, match="--recipe must be one of official, official-b2, official-b1, small"):
         train.pick_recipe("huge", {}, {}, CPU)

@@ -6,9 +6,10 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 GIB = 1 << 30
-# one training step of the official recipe (B=4) holds about 58 GiB (DESIGN.md, local correlation): mostly
-# activations, which grow with the clips of a micro-batch
-GIB_PER_CLIP = 14.5
+# peak CUDA memory of one training step per clip of a micro-batch, mostly activations; measured for the
+# official recipe (B=4) on an H200 with bf16 autocast: 28.3 GiB storing every activation, 4.1 GiB (4.9 in
+# float32) recomputing them (Pips.set_recompute); rounded up
+GIB_PER_CLIP = {False: 7.5, True: 1.25}  # recompute -> GiB
 GIB_FIXED = 1.0  # weights, gradients, AdamW moments and the allocator's slack
 HEADROOM = 0.9  # share of the free memory a recipe may plan to use
 
@@ -77,31 +78,45 @@ def free_memory(device: torch.device) -> int | None:
     return int(free)
 
 
-def needed_gib(recipe: Recipe) -> float:
-    """Memory a training step of `recipe` needs on a GPU, scaled from the official recipe's by clip volume."""
+def needed_gib(recipe: Recipe, recompute: bool) -> float:
+    """Memory a training step of `recipe` needs on a GPU, scaled from the official recipe's by clip volume,
+    with activations recomputed or stored."""
     official = OFFICIAL.S * OFFICIAL.crop_size[0] * OFFICIAL.crop_size[1]
     volume = recipe.S * recipe.crop_size[0] * recipe.crop_size[1] / official
-    return GIB_FIXED + GIB_PER_CLIP * recipe.B * volume
+    return GIB_FIXED + GIB_PER_CLIP[recompute] * recipe.B * volume
+
+
+def fits(recipe: Recipe, recompute: bool, free_bytes: int) -> bool:
+    return needed_gib(recipe, recompute) <= HEADROOM * free_bytes / GIB
+
+
+def recompute_pays(recipe: Recipe, device: torch.device, free_bytes: int | None) -> bool:
+    """Whether training `recipe` should recompute activations rather than store them (Pips.set_recompute):
+    on CUDA only where storing them all would not fit in the free memory (recomputing costs time there);
+    always on CPU and MPS, whose memory the whole machine shares."""
+    return device.type != "cuda" or free_bytes is None or not fits(recipe, False, free_bytes)
 
 
 def choose(device: torch.device, free_bytes: int | None) -> tuple[Recipe, str]:
-    """(recipe, why): the official recipe where a step fits in the free memory of a CUDA device, else the
-    official recipe in micro-batches that fit, else the small recipe (always on CPU and MPS)."""
+    """(recipe, why): on a CUDA device the official recipe where a step fits in its free memory, else the
+    official recipe in micro-batches that fit; storing every activation where that fits (the quickest),
+    else recomputing them; else the small recipe (always on CPU and MPS)."""
     if device.type != "cuda" or free_bytes is None:
         return RECIPES["small"], f"sized for {device.type.upper()}"
     free = free_bytes / GIB
-    for name in ("official", "official-b2", "official-b1"):
-        if needed_gib(RECIPES[name]) <= HEADROOM * free:
-            return RECIPES[name], f"{free:.0f} GiB free on {device}"
+    for recompute in (False, True):
+        for name in ("official", "official-b2", "official-b1"):
+            if fits(RECIPES[name], recompute, free_bytes):
+                return RECIPES[name], f"{free:.0f} GiB free on {device}"
     return RECIPES["small"], f"only {free:.0f} GiB free on {device}"
 
 
 def official_hint() -> str:
     """How to get the official recipe, and what it needs."""
-    whole, split = (needed_gib(RECIPES[n]) / HEADROOM for n in ("official", "official-b1"))
+    stored, recomputed = (needed_gib(OFFICIAL, r) / HEADROOM for r in (False, True))
     return (
-        f"The official recipe ({OFFICIAL.describe()}) needs a CUDA GPU with about {whole:.0f} GiB free "
-        f"({split:.0f} GiB in micro-batches): --recipe official"
+        f"The official recipe ({OFFICIAL.describe()}) needs a CUDA GPU with about {stored:.0f} GiB free "
+        f"({recomputed:.0f} GiB recomputing activations): --recipe official"
     )
 
 
