@@ -164,6 +164,7 @@ def metrics_of(res: StepResult) -> dict[str, float]:
     m.update(compute_ate(res.trajs_e, trajs_g, visibs, valids))
     if res.vis_e is not None:
         m["occlusion_accuracy"] = occlusion_accuracy(torch.sigmoid(res.vis_e), visibs, valids)
+        m["occlusion_accuracy_always_visible"] = occlusion_accuracy(torch.ones_like(visibs), visibs, valids)
     return m
 
 
@@ -432,6 +433,7 @@ def main(
                 line = f"{run_name}; validation at step {step}: d_avg {val['d_avg']:.1f}"
                 if "occlusion_accuracy" in val:
                     line += f"; occlusion_accuracy {val['occlusion_accuracy']:.1f}"
+                    line += f" (always visible: {val['occlusion_accuracy_always_visible']:.1f})"
                 print(f"{line}; loss {val['loss']:.2f}", flush=True)
     if info.is_main and dataset_location:
         for split, data in (("training", train_data), ("validation", val_data)):

@@ -122,15 +122,21 @@ def test_overfitting_one_batch_learns_its_visibility(clip: tuple) -> None:
     assert occlusion_accuracy(torch.sigmoid(out.vis), visibs, valids) >= 95
 
 
-def test_head_only_training_leaves_the_backbone_bitwise(tmp_path: Path) -> None:
+def test_head_only_training_leaves_the_backbone_bitwise(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     torch.manual_seed(2)
     checkpoint.save(tmp_path / "backbone", Pips(), step=100)
     start = checkpoint.read(tmp_path / "backbone")["model_state_dict"]
     train.main(
         init_ckpt=str(tmp_path / "backbone"), head_only=True, B=1, S=4, N=8, crop_size=(64, 64), iters=1,
-        max_steps=3, num_workers=0, val_freq=0, save_freq=3, log_freq=1000, run_name="head",
+        max_steps=3, num_workers=0, val_freq=3, val_clips=1, save_freq=3, log_freq=1000, run_name="head",
         log_dir=str(tmp_path / "logs"), ckpt_dir=str(tmp_path / "ckpt"), device="cpu",
     )  # fmt: skip
+    # validation puts the head's occlusion accuracy beside its clip's share of visible entries (frames 1..)
+    held_out = SyntheticClips(4, 8, (64, 64), length=1, seed=1_000_003)[0]
+    visibs, valids = held_out.visibs[1:], held_out.valids[1:]
+    share = 100 * float((visibs * valids).sum() / valids.sum())
+    first = next(line for line in capsys.readouterr().out.splitlines() if "validation at step 1:" in line)
+    assert f"(always visible: {share:.1f})" in first
     trained = checkpoint.read(tmp_path / "ckpt" / "head")["model_state_dict"]
     assert all(torch.equal(trained[k], v) for k, v in start.items())  # the backbone did not move
     assert any(k.startswith(VIS_HEAD_PREFIX) for k in trained)
