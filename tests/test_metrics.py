@@ -8,6 +8,7 @@ from utils.metrics import (
     compute_ate,
     compute_pips_metrics,
     compute_tapvid_metrics,
+    occlusion_accuracy,
     sample_queries_first,
     sample_queries_strided,
 )
@@ -223,3 +224,92 @@ def test_tapvid_rejects_bad_input():
         sample_queries_strided(*_two_points_gt(), query_stride=0)
     with pytest.raises(ValueError, match="gt_tracks N,T,2"):
         sample_queries_first(np.zeros((2, 6), dtype=bool), np.zeros((2, 5, 2)))
+
+
+def _errors_along_x(errors: list[float], H: int = 256, W: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """One point whose estimate is off by errors[t] pixels in x at frame t -> trajs_e, trajs_g 1,S,1,2."""
+    trajs_g = np.full((1, len(errors), 1, 2), 40.0, dtype=np.float32)
+    trajs_e = trajs_g.copy()
+    trajs_e[0, :, 0, 0] += np.asarray(errors, dtype=np.float32)
+    return trajs_e, trajs_g
+
+
+def test_pips_thresholds_are_strict_and_a_track_dies_only_beyond_16():
+    # official: d_thr counts dist < thr; a track dies at its first valid frame with dist > 16
+    trajs_e, trajs_g = _errors_along_x([0, 1, 2, 4, 8, 16, 17])
+    metrics = compute_pips_metrics(trajs_e, trajs_g, np.ones((1, 7, 1)), H=256, W=256)
+    # frames 1..6 carry errors 1, 2, 4, 8, 16, 17: an error equal to a threshold is not within it
+    for thr, within in {1: 0, 2: 1, 4: 2, 8: 3, 16: 4}.items():
+        assert metrics[f"d_{thr}"] == pytest.approx(100 * within / 6), thr
+    assert metrics["d_avg"] == pytest.approx(100 * 10 / 30)
+    assert metrics["survival"] == pytest.approx(100 * 6 / 7)  # alive at frames 0..5 (error 16 included)
+    assert metrics["median_l2"] == pytest.approx(4.0)  # median of 0, 1, 2, 4, 8, 16, 17
+
+
+def test_pips_thresholds_apply_in_the_256_space_per_axis():
+    # 512 wide, 128 high: 32 px in x and 8 px in y are both exactly 16 normalised pixels
+    trajs_g = np.zeros((1, 3, 2, 2), dtype=np.float32)
+    trajs_e = trajs_g.copy()
+    trajs_e[0, 1:, 0] = [32.0, 0.0]
+    trajs_e[0, 1:, 1] = [0.0, 8.0]
+    metrics = compute_pips_metrics(trajs_e, trajs_g, np.ones((1, 3, 2)), H=128, W=512)
+    assert metrics["d_16"] == 0.0 and metrics["d_8"] == 0.0
+    assert metrics["survival"] == 100.0
+    trajs_e[0, 2, 1] = [0.0, 8.5]  # 17: point 1 dies at frame 2
+    metrics = compute_pips_metrics(trajs_e, trajs_g, np.ones((1, 3, 2)), H=128, W=512)
+    assert metrics["survival"] == pytest.approx(100 * 5 / 6)
+
+
+def test_survival_ignores_invalid_frames_and_counts_every_entry():
+    # the error 50 at frame 1 is invalid, so the track lives on until the valid error 20 at frame 3
+    trajs_e, trajs_g = _errors_along_x([0, 50, 3, 20, 1])
+    valids = np.array([[[1], [0], [1], [1], [1]]], dtype=np.float32)
+    metrics = compute_pips_metrics(trajs_e, trajs_g, valids, H=256, W=256)
+    assert metrics["survival"] == pytest.approx(100 * 3 / 5)  # dead at frames 3 and 4
+    assert metrics["d_4"] == pytest.approx(100 * 2 / 3)  # valid frames 2, 3, 4: errors 3, 20, 1
+    assert metrics["median_l2"] == pytest.approx(2.0)  # median of 0, 3, 20, 1 (even count: mean of 1 and 3)
+
+
+def test_median_l2_over_a_batch_skips_only_tracks_without_valid_frames():
+    trajs_e = np.zeros((2, 3, 2, 2), dtype=np.float32)
+    trajs_g = np.zeros_like(trajs_e)
+    trajs_e[0, :, 0, 0] = [1, 5, 9]  # valid everywhere: median 5
+    trajs_e[0, :, 1, 0] = [7, 7, 7]  # never valid: skipped
+    trajs_e[1, :, 0, 1] = [2, 4, 100]  # valid at frames 0, 1: median 3
+    trajs_e[1, :, 1, 1] = [6, 6, 6]  # valid at frame 2 only: median 6
+    valids = np.zeros((2, 3, 2), dtype=np.float32)
+    valids[0, :, 0] = 1
+    valids[1, :2, 0] = 1
+    valids[1, 2, 1] = 1
+    metrics = compute_pips_metrics(trajs_e, trajs_g, valids, H=256, W=256)
+    assert metrics["median_l2"] == pytest.approx((5 + 3 + 6) / 3)
+    # frames >= 1 over both clips: errors 5, 9 (clip 0), 4 (clip 1, point 0), 6 (clip 1, point 1)
+    assert metrics["d_8"] == pytest.approx(100 * 3 / 4)
+
+
+def test_tapvid_thresholds_are_strict():
+    # errors of exactly 1, 2, 4, 8 and 16 px at the five frames after the query, all visible
+    errors = np.array([0, 1, 2, 4, 8, 16], dtype=np.float64)
+    gt_tracks = np.full((1, 1, 6, 2), 100.0)
+    pred_tracks = gt_tracks.copy()
+    pred_tracks[0, 0, :, 1] += errors
+    occluded = np.zeros((1, 1, 6), dtype=bool)
+    metrics = compute_tapvid_metrics(np.zeros((1, 1, 3)), occluded, gt_tracks, occluded, pred_tracks, "first")
+    for i, thr in enumerate((1, 2, 4, 8, 16)):
+        np.testing.assert_allclose(metrics[f"pts_within_{thr}"], [i / 5])
+        # within: true positive; off by thr or more: a false positive on top of the visible point
+        np.testing.assert_allclose(metrics[f"jaccard_{thr}"], [i / (5 + 5 - i)])
+    np.testing.assert_allclose(metrics["occlusion_accuracy"], [1.0])
+
+
+def test_occlusion_accuracy_by_hand():
+    # B=1, S=4, N=2; frame 0 is never scored; a probability of exactly 0.5 counts as occluded
+    visible_e = np.array([[[0.0, 0.0], [0.9, 0.5], [0.2, 0.51], [1.0, 0.0]]], dtype=np.float32)
+    visibs = np.array([[[1, 1], [1, 1], [0, 1], [1, 1]]], dtype=np.float32)
+    valids = np.array([[[1, 1], [1, 1], [1, 1], [0, 1]]], dtype=np.float32)
+    # scored entries: (1,0) right, (1,1) wrong, (2,0) right, (2,1) right, (3,1) wrong -> 3 of 5
+    assert occlusion_accuracy(visible_e, visibs, valids) == pytest.approx(60.0)
+    assert np.isnan(occlusion_accuracy(visible_e, visibs, np.zeros_like(valids)))
+    assert occlusion_accuracy(torch.from_numpy(visibs), visibs, valids) == 100.0
+    with pytest.raises(ValueError, match="visible_e, visibs, valids all B,S,N"):
+        occlusion_accuracy(visible_e[:, :3], visibs, valids)
