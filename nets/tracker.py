@@ -46,9 +46,6 @@ class Tracks(NamedTuple):
         """The same in reversed time."""
         return Tracks(*(None if x is None else x.flip(1) for x in self))
 
-    def frames(self, start: int, end: int | None = None) -> "Tracks":
-        return Tracks(*(None if x is None else x[:, start:end] for x in self))
-
 
 class _ReversedFrames:
     """Local time i of this source is frame `last - i` of the base source."""
@@ -171,10 +168,14 @@ def track(
         fwd = track_from_first_frame(model, _ShiftedFrames(source, t), xy, S, iters, progress)  # B,T-t,n,..
         back = track_from_first_frame(model, _ReversedFrames(source, t), xy, S, iters, progress)  # B,t+1,n,..
         b_idx, j_idx = keep.nonzero(as_tuple=True)
-        for i, (before, after) in enumerate(zip(back.flip(), fwd.frames(1), strict=True)):
-            if before is None:
-                continue
-            seg = torch.cat([before, after], dim=1)  # B,T',n,...
+        for i, (before, after) in enumerate(zip(back.flip(), fwd, strict=True)):
+            # a pass over the query frame alone calls no model, so it has no logits: the other pass covers all
+            if before is None or after is None:
+                seg = after if before is None else before
+                if seg is None:
+                    continue
+            else:
+                seg = torch.cat([before, after[:, 1:]], dim=1)  # B,T',n,...
             if result is None:
                 result = [None, None, None]
             if result[i] is None:
