@@ -29,6 +29,41 @@ def test_bilinear_rule_is_torch_interpolate_and_cv2_rule_is_cv2_resize() -> None
     assert window.dtype == torch.float32 and window.shape == (1, 3, 3, 12, 16)
 
 
+def test_resize_rules_by_hand() -> None:
+    # 2x2 frames, red 0|7 left to right and green 0|7 top to bottom, doubled: output pixel i samples the
+    # source at (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25 (clamped to the border), so the ramp reads
+    # 0, 1.75, 5.25, 7; cv2.resize rounds it to uint8
+    frame = np.zeros((2, 2, 3), np.uint8)
+    frame[:, 1, 0] = 7
+    frame[1, :, 1] = 7
+    video = np.stack([frame, frame * 0])  # T=2; the second frame stays black
+    for resize, ramp in [("bilinear", [0, 1.75, 5.25, 7]), ("cv2", [0, 2, 5, 7])]:
+        window = ArrayFrames(video, image_size=(4, 4), resize=resize).get(0, 2)  # 1,2,3,4,4
+        ramp = torch.tensor(ramp, dtype=torch.float32)
+        torch.testing.assert_close(window[0, 0, 0], ramp[None].expand(4, 4), atol=0, rtol=0)
+        torch.testing.assert_close(window[0, 0, 1], ramp[:, None].expand(4, 4), atol=0, rtol=0)
+        assert window[0, 0, 2].eq(0).all() and window[0, 1].eq(0).all()
+
+
+def test_image_files_read_rgb_resized(tmp_path: Path) -> None:
+    rgb = np.zeros((10, 20, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    paths = []
+    for t in range(3):
+        paths.append(tmp_path / f"{t}.png")
+        cv2.imwrite(str(paths[-1]), rgb[..., ::-1])
+    source = ImageFiles(paths, image_size=(5, 10), resize="cv2")
+    assert (source.name, source.num_frames, source.height, source.width) == (str(tmp_path), 3, 10, 20)
+    frames = source.get(1, 3)
+    assert frames.shape == (1, 2, 3, 5, 10) and frames.dtype == torch.float32
+    assert frames[0, :, 0].eq(200).all() and frames[0, :, 1:].eq(0).all()
+    assert source.frames_read == 2
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        ImageFiles([tmp_path / "missing.png"], image_size=(5, 10)).get(0, 1)
+    with pytest.raises(ValueError, match="no image files given for clip"):
+        ImageFiles([], name="clip")
+
+
 def test_resize_frames_keeps_frames_of_the_size() -> None:
     rgbs = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).reshape(1, 2, 3, 4, 6)
     assert resize_frames(rgbs, (4, 6)) is rgbs
