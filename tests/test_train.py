@@ -6,13 +6,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import train
-from datasets.sample import collate_clips
+from datasets.sample import ClipBatch, collate_clips
 from datasets.synthetic import SyntheticClips
-from nets.pips2 import Pips
+from nets.pips2 import Pips, PipsOutput
 from utils import checkpoint
 
 REPO = Path(__file__).parent.parent
@@ -91,6 +92,82 @@ def test_non_finite_loss_skips_the_step() -> None:
     )
     assert out.skipped
     assert all(torch.equal(a, b) for a, b in zip(before, params))
+
+
+S_CODE, H_CODE, W_CODE = (
+    3,
+    6,
+    10,
+)  # a clip whose pixel colours code their position: red 20 x + 5, green 20 y + 5
+
+
+def position_coded_batch() -> tuple[ClipBatch, torch.Tensor]:
+    """B=2 clips of a canvas 6 high and 10 + 3 wide seen through a window moving 1 px/frame, with four points
+    on it -> the batch (B,S,3,H,W uint8 frames, tracks in the window) and the points' canvas x,y (B,N,2)."""
+    yy, xx = np.mgrid[:H_CODE, : W_CODE + S_CODE]
+    canvas = np.stack([20 * xx + 5, 20 * yy + 5, np.full_like(xx, 99)]).astype(np.uint8)  # 3,H,W+S
+    rgbs = np.stack([canvas[:, :, s : s + W_CODE] for s in range(S_CODE)])  # S,3,H,W
+    canvas_xy = torch.tensor(
+        [[[3.0, 1.0], [5.0, 4.0], [8.0, 2.0], [9.0, 5.0]], [[4.0, 0.0], [6.0, 3.0], [7.0, 5.0], [3.0, 2.0]]]
+    )
+    trajs = canvas_xy[:, None].repeat(1, S_CODE, 1, 1)  # B,S,N,2
+    trajs[..., 0] -= torch.arange(S_CODE, dtype=torch.float32)[None, :, None]  # the window moves right
+    ones = torch.ones(2, S_CODE, 4)
+    return ClipBatch(torch.from_numpy(rgbs)[None].repeat(2, 1, 1, 1, 1), trajs, ones, ones), canvas_xy
+
+
+class ColourSearch(torch.nn.Module):
+    """Stands in for Pips: finds, in every frame it is given, the pixel of the colour under each point's
+    initial frame-0 position, so its tracks are exact in the frames' own coordinates."""
+
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+        B, S, _, H, W = rgbs.shape
+        inside = (
+            (trajs_e0 >= 0).all() and (trajs_e0[..., 0] <= W - 1).all() and (trajs_e0[..., 1] <= H - 1).all()
+        )
+        assert inside, "initial tracks outside the frames"
+        x0 = trajs_e0[:, 0, :, 0].round().long().clamp(0, W - 1)  # B,N
+        y0 = trajs_e0[:, 0, :, 1].round().long().clamp(0, H - 1)  # B,N
+        code = rgbs[:, :, 0] * 256 + rgbs[:, :, 1]  # B,S,H,W
+        wanted = torch.stack([code[b, 0, y0[b], x0[b]] for b in range(B)])  # B,N
+        hits = (code.flatten(2)[:, :, None] == wanted[:, None, :, None]).float().argmax(-1)  # B,S,N
+        tracks = torch.stack([hits % W, hits // W], -1).float()  # B,S,N,2
+        feats = tuple(torch.zeros(B, S, trajs_e0.shape[2], 1) for _ in range(3))
+        return PipsOutput(tracks, [tracks], feats, [tracks])
+
+
+def test_transpose_augmentation_keeps_the_tracks_on_their_pixels() -> None:
+    batch, canvas_xy = position_coded_batch()
+    seen = set()
+    for seed in range(8):
+        res = train.run_model(ColourSearch(), batch, 1, torch.Generator().manual_seed(seed), train=True)
+        rgbs, trajs_g = res.batch.rgbs, res.batch.trajs
+        transposed = rgbs.shape[-2:] == (W_CODE, H_CODE)
+        seen.add(transposed)
+        assert transposed or rgbs.shape[-2:] == (H_CODE, W_CODE)
+        # under every ground-truth position, the frame the model is given shows that point's canvas colour
+        x, y = trajs_g[..., 0].long(), trajs_g[..., 1].long()  # B,S,N
+        assert (x < rgbs.shape[-1]).all() and (y < rgbs.shape[-2]).all(), "the tracks leave the frames"
+        b, s = torch.meshgrid(torch.arange(2), torch.arange(S_CODE), indexing="ij")  # B,S
+        colour = rgbs[b[..., None], s[..., None], :, y, x]  # B,S,N,3
+        torch.testing.assert_close(colour[..., :2], (20 * canvas_xy[:, None] + 5).expand(2, S_CODE, 4, 2))
+        # a tracker exact on those frames is exact against the ground truth: zero loss, d_avg 100
+        assert res.loss.item() == 0.0
+        assert train.metrics_of(res)["d_avg"] == 100.0
+    assert seen == {False, True}
+
+
+def test_initial_tracks_start_exact_and_spread_over_the_frame() -> None:
+    B, S, N, H, W = 2, 5, 400, 6, 10
+    trajs_g = torch.zeros(B, S, N, 2)
+    trajs_g[:, 0] = 3.0
+    e0 = train.initial_trajs(trajs_g, torch.Generator().manual_seed(0), H, W)
+    assert torch.equal(e0[:, 0], trajs_g[:, 0])  # frame 0 is the query
+    still = (e0[:, 1:] == 3.0).all(-1).all(1)  # B,N: zero-velocity tracks
+    assert 0.4 < still.float().mean() < 0.6
+    moving = e0[:, 1:][~still[:, None].expand(B, S - 1, N)]  # random positions blended with the truth (0, 0)
+    assert moving.min() >= 0 and moving[:, 0].max() <= W - 1 and moving[:, 1].max() <= H - 1
+    assert moving[:, 0].max() > 0.8 * (W - 1) and moving[:, 1].max() > 0.8 * (H - 1)
 
 
 def test_resume_after_kill_matches_straight_run(tmp_path: Path) -> None:
