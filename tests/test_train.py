@@ -1,9 +1,8 @@
 import itertools
 import os
-import signal
+import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -170,25 +169,44 @@ def test_initial_tracks_start_exact_and_spread_over_the_frame() -> None:
     assert moving[:, 0].max() > 0.8 * (W - 1) and moving[:, 1].max() > 0.8 * (H - 1)
 
 
-def test_resume_after_kill_matches_straight_run(tmp_path: Path) -> None:
+def test_resume_continues_the_run_exactly(tmp_path: Path) -> None:
+    """A run stopped after its step-5 checkpoint (as a kill leaves it: the next checkpoint's temporary file
+    half written) and resumed ends where a straight run ends, with the official schedule's learning rate."""
     straight = tmp_path / "straight"
-    finish(run_train(straight, "--max_steps", "10", "--save_freq", "100", "--run_name", "r"))
+    finish(run_train(straight, "--max_steps", "10", "--save_freq", "5", "--run_name", "r"))
+    ckpts = straight / "ckpt" / "r"
+    assert [p.name for p in checkpoint.list_checkpoints(ckpts)] == [
+        "model-000000005.pth",
+        "model-000000010.pth",
+    ]
 
-    killed = tmp_path / "killed"
-    proc = run_train(killed, "--max_steps", "10", "--save_freq", "5", "--run_name", "r")
-    ckpt5 = killed / "ckpt" / "r" / "model-000000005.pth"
-    while not ckpt5.exists() and proc.poll() is None:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert checkpoint.latest_checkpoint(killed / "ckpt" / "r") == ckpt5, "killed too late"
-
-    out = finish(run_train(killed, "--max_steps", "10", "--save_freq", "5", "--run_name", "r", "--resume"))
-    assert "resuming at step 5" in out and "step 000006/10" in out
-    a = weights(straight / "ckpt" / "r" / "model-000000010.pth")
-    b = weights(killed / "ckpt" / "r" / "model-000000010.pth")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+    stopped = tmp_path / "stopped" / "ckpt" / "r"
+    stopped.mkdir(parents=True)
+    shutil.copy(ckpts / "model-000000005.pth", stopped)
+    (stopped / ".model-x1y2z3.tmp").write_bytes((ckpts / "model-000000010.pth").read_bytes()[:5000])
+    out = finish(
+        run_train(
+            tmp_path / "stopped", "--max_steps", "10", "--save_freq", "5", "--run_name", "r", "--resume"
+        )
+    )
+    assert "resuming at step 5" in out and "step 000005/10" not in out
+    assert [line.split("; ")[1] for line in out.splitlines() if "; step " in line] == [
+        f"step {k:06d}/10" for k in range(6, 11)
+    ]
+    a = torch.load(ckpts / "model-000000010.pth", weights_only=True)
+    b = torch.load(stopped / "model-000000010.pth", weights_only=True)
+    for k, v in a["model_state_dict"].items():
+        torch.testing.assert_close(v, b["model_state_dict"][k], atol=1e-5, rtol=1e-4, msg=k)
+    at5 = torch.load(ckpts / "model-000000005.pth", weights_only=True)
+    assert not torch.equal(
+        at5["model_state_dict"]["fnet.conv1.weight"], b["model_state_dict"]["fnet.conv1.weight"]
+    )
+    # OneCycleLR over max_steps + 100 = 110 steps, 10% warm-up from lr/25 (lr = 5e-4): step 5 is halfway up
+    # (lr/25 + (lr - lr/25) * 5/10), step 10 is the peak
+    for state, step, lr in [(at5, 5, 2.6e-4), (b, 10, 5e-4)]:
+        assert state["step"] == step and state["scheduler_state_dict"]["last_epoch"] == step
+        assert state["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(lr, rel=1e-9)
+        assert all(v["step"] == step for v in state["optimizer_state_dict"]["state"].values())
 
 
 def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
