@@ -262,17 +262,16 @@ def test_photometric_transforms_draw_independently():
 
 def test_drifting_zoom_by_hand():
     # t=0: the initial zoom 1.0; t=1: velocity (2^-7, -2^-7), axes pulled halfway to their mean: 1.00390625
-    # and 0.99609375 -> 301 x 199 (ints of 300 sx, 200 sy), and the realised zoom 301/300, 199/200 carries on;
-    # t=2: velocity 0.9 v + (2^-8, 2^-7) = (0.0109375, 0.00078125) -> zoom 1.0096484, 1.0004036
+    # and 0.99609375 -> 3011 x 1992 (ints of 3000 sx, 2000 sy), and the realised zoom 3011/3000, 1992/2000
+    # carries on; t=2: velocity 0.9 v + (2^-8, 2^-7) = (0.0109375, 0.00078125) -> zoom 1.0101484, 1.0012370
     rng = ScriptedRng(
         ("uniform", 0.25, 1.5, 1.0),
         ("uniform", -0.01, 0.01, [2**-7, -(2**-7)]),
         ("uniform", -0.01, 0.01, 2**-8),
         ("uniform", -0.01, 0.01, 2**-7),
     )
-    np.testing.assert_array_equal(
-        _drifting_sizes(3, 200, 300, (32, 48), rng), [[200, 300], [199, 301], [200, 302]]
-    )
+    sizes = _drifting_sizes(3, 2000, 3000, (32, 48), rng)
+    np.testing.assert_array_equal(sizes, [[2000, 3000], [1992, 3011], [2002, 3030]])
     assert rng.done()
     # every frame is at least crop + 16 on each side: 0.25 * (40, 50) -> (48, 64), whose zoom (1.2, 1.28)
     # carries on
