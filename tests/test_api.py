@@ -1,11 +1,13 @@
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
+import tracking.predictor
 from nets.pips2 import Pips, PipsOutput
 from tracking.frames import VideoFileFrames
-from tracking.predictor import PipsTracker, check_queries, grid_queries
+from tracking.predictor import Float16Guard, PipsTracker, build_model, check_queries, grid_queries
 from utils.checkpoint import save
 from utils.video import read_frames, write_video
 
@@ -198,3 +200,140 @@ def test_fast_switch_on_cpu() -> None:
     assert not model.fast
     PipsTracker(model, fast=True)  # bf16 needs CUDA: the exact path stays
     assert not model.fast
+
+
+class HeadModel(ShiftModel):
+    """ShiftModel with a visibility head: visibility logits 2 (frame index even) or -1, confidence 0.5."""
+
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+        out = super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
+        B, S, N, _ = trajs_e0.shape
+        frame = (rgbs[:, :, 0, 0, 0] / 10).round()  # B,S
+        vis = torch.where(frame % 2 == 0, 2.0, -1.0)[..., None].expand(B, S, N)
+        return out._replace(vis=vis, conf=torch.full((B, S, N), 0.5))
+
+
+def test_predict_gives_visibility_and_confidence_as_probabilities() -> None:
+    video = (10 * np.arange(6, dtype=np.uint8))[:, None, None, None].repeat(8, 1).repeat(8, 2).repeat(3, 3)
+    tracker = PipsTracker(HeadModel(dx=1.0), S=4, iters=1, image_size=(8, 8))
+    out = tracker.predict(video, queries=[[0, 1.0, 2.0], [3, 4.0, 5.0]])
+    vis = np.where(
+        np.arange(6) % 2 == 0, 1 / (1 + np.exp(-2.0)), 1 / (1 + np.exp(1.0))
+    )  # sigmoid(2), sigmoid(-1)
+    np.testing.assert_allclose(out.visibility, np.repeat(vis[:, None], 2, 1), rtol=1e-6)
+    np.testing.assert_allclose(out.confidence, np.full((6, 2), 1 / (1 + np.exp(-0.5))), rtol=1e-6)
+    assert isinstance(out.visibility, np.ndarray) and out.tracks.shape == (6, 2, 2)
+    as_tensor = tracker.predict(torch.from_numpy(video), grid_size=2)
+    assert isinstance(as_tensor.visibility, torch.Tensor) and as_tensor.visibility.shape == (6, 4)
+    torch.testing.assert_close(as_tensor.visibility[:, 0], torch.from_numpy(vis).float())
+    plain = PipsTracker(ShiftModel(), S=4, iters=1, image_size=(8, 8)).predict(video, grid_size=2)
+    assert plain.visibility is None and plain.confidence is None
+
+
+class HalfModel(ShiftModel):
+    """Overflows (NaN tracks) unless asked for float32, like a float16 window that overflows."""
+
+    def __init__(self, fast_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.fast_dtype = fast_dtype
+        self.dtypes: list[torch.dtype | None] = []
+
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False, dtype=None) -> PipsOutput:
+        self.dtypes.append(dtype)
+        out = super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
+        return out if dtype == torch.float32 else out._replace(tracks=out.tracks * float("nan"))
+
+
+def test_float16_guard_redoes_an_overflowing_window_in_float32() -> None:
+    e0, rgbs = torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 3, 8, 8)
+    model = HalfModel(torch.float16)
+    with pytest.warns(UserWarning, match="float16 overflowed in a window; that window is redone in float32"):
+        out = Float16Guard(model)(e0, rgbs, iters=1)
+    assert model.dtypes == [None, torch.float32] and torch.isfinite(out.tracks).all()
+    for other in (torch.bfloat16, torch.float32):  # only float16 windows are redone
+        model = HalfModel(other)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert torch.isnan(Float16Guard(model)(e0, rgbs, iters=1).tracks).all()
+        assert model.dtypes == [None]
+    model = ShiftModel()  # finite tracks: one call, whatever the model
+    Float16Guard(model)(e0, rgbs, iters=1)
+    assert model.calls == 1
+
+
+def test_build_model_for_each_job(tmp_path, monkeypatch) -> None:
+    lines = []
+    model = build_model(None, "cpu", log=lines.append)
+    assert lines == ["model: random weights on cpu"] and not model.training and not model.fast
+    torch.manual_seed(3)
+    save(tmp_path, Pips(), step=12)
+    model = build_model(tmp_path, torch.device("cpu"), job="train", log=lines.append)
+    assert lines[-1] == f"model: {tmp_path} (step 12) on cpu" and model.training
+    with pytest.raises(ValueError, match="job must be one of \\('infer', 'train'\\), got 'eval'"):
+        build_model(None, "cpu", job="eval")
+    asked = []
+
+    def fake_fast_dtype(device, fast=True, training=False):  # as on a GPU
+        asked.append((device.type, fast, training))
+        return (torch.bfloat16 if training else torch.float16) if fast else None
+
+    monkeypatch.setattr(tracking.predictor, "fast_dtype", fake_fast_dtype)
+    model = build_model(None, "cpu", log=lines.append)
+    assert (
+        lines[-1] == "model: random weights on cpu, fast path (float16)" and model.fast_dtype == torch.float16
+    )
+    model = build_model(None, "cpu", job="train", log=lines.append)
+    assert lines[-1] == "model: random weights on cpu, fast path (bfloat16)" and model.training
+    model = build_model(None, "cpu", fast=False, log=lines.append)
+    assert lines[-1] == "model: random weights on cpu" and not model.fast
+    assert asked == [("cpu", True, False), ("cpu", True, True), ("cpu", False, False)]
+
+
+class FastSwitch(ShiftModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.switched: list[tuple[bool, torch.dtype | None]] = []
+
+    def set_fast(self, enabled: bool, dtype: torch.dtype | None = None) -> "FastSwitch":
+        self.switched.append((enabled, dtype))
+        return self
+
+
+def test_tracker_fast_path_choice(monkeypatch) -> None:
+    monkeypatch.setattr(
+        tracking.predictor,
+        "fast_dtype",
+        lambda device, fast=True, training=False: torch.float16 if fast else None,
+    )
+    model = FastSwitch()
+    assert PipsTracker(model).fast and model.switched == [(True, torch.float16)]  # None: on where it pays
+    assert not PipsTracker(model, fast=False).fast and model.switched[-1] == (False, None)
+    monkeypatch.setattr(tracking.predictor, "fast_dtype", lambda device, fast=True, training=False: None)
+    PipsTracker(model)  # None and nothing to gain: the model is left as it is
+    assert len(model.switched) == 2
+
+
+def test_tracker_settings_are_checked() -> None:
+    for S, iters in [(1, 4), (8, 0)]:
+        with pytest.raises(ValueError, match=f"need S >= 2 and iters >= 1, got S={S}, iters={iters}"):
+            PipsTracker(ShiftModel(), S=S, iters=iters)
+    tracker = PipsTracker(ShiftModel(), S=2, iters=1, image_size=[16, 24])
+    assert (tracker.S, tracker.iters, tracker.image_size, tracker.device) == (
+        2,
+        1,
+        (16, 24),
+        torch.device("cpu"),
+    )
+    assert not tracker.model.training
+    for bad in [(0, 8), (8,), (8.0, 8), (True, 8)]:
+        with pytest.raises(ValueError, match="image_size must be two positive integers"):
+            PipsTracker(ShiftModel(), image_size=bad)
+
+
+def test_grid_queries_checks() -> None:
+    for bad in [True, 2.0, -1, 0]:
+        with pytest.raises(ValueError, match="grid_size must be a positive integer"):
+            grid_queries(bad, 96, 128)
+    torch.testing.assert_close(
+        grid_queries(2, 512, 896), torch.tensor([[0.0, 8, 8], [0, 888, 8], [0, 8, 504], [0, 888, 504]])
+    )
