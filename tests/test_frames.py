@@ -174,3 +174,74 @@ def test_backward_windows_read_the_cache_not_the_decoder(tmp_path: Path) -> None
             torch.testing.assert_close(source.get(start, start + 5), decoded[:, start : start + 5])
         assert source.frames_read == 20  # each frame decoded once
         assert len(source._held) <= 5  # memory: the current window only
+
+
+def test_sources_report_what_they_read(tmp_path: Path) -> None:
+    video = random_video(5, 6, 8)
+    source = ArrayFrames(torch.from_numpy(video), image_size=(3, 4), resize="cv2")
+    assert (source.name, source.num_frames, source.height, source.width) == ("array", 5, 6, 8)
+    assert source.image_size == (3, 4) and source.device == torch.device("cpu") and source.resize == "cv2"
+    assert source.get(1, 3).shape == (1, 2, 3, 3, 4) and source.get(4, 5).shape == (1, 1, 3, 3, 4)
+    assert source.frames_read == 3 and source.read_seconds > 0
+    for start, end in [(-1, 2), (2, 2), (3, 1), (0, 6)]:
+        with pytest.raises(ValueError, match=rf"frames \[{start}, {end}\) are not among the 5 of array"):
+            source.get(start, end)
+    same = ArrayFrames(video)  # no image_size: the video's own
+    assert same.image_size == (6, 8)
+    torch.testing.assert_close(same.get(0, 5)[0], torch.from_numpy(video).permute(0, 3, 1, 2).float())
+    for bad in [(0, 4), (4,), [4, 4.0], "4,4", (True, 4)]:
+        with pytest.raises(ValueError, match="image_size must be two positive integers H,W"):
+            ArrayFrames(video, image_size=bad)
+    with pytest.raises(
+        ValueError, match="at least one frame of uint8 RGB, got ndarray of shape \\(0, 6, 8, 3\\)"
+    ):
+        ArrayFrames(video[:0])
+    with pytest.raises(
+        ValueError, match="T,H,W,3 \\(numpy or torch\\) or a path, got ndarray of shape \\(5, 6, 8\\)"
+    ):
+        ArrayFrames(video[..., 0])
+
+
+def test_open_frames_picks_the_source(tmp_path: Path) -> None:
+    video = random_video(4, 8, 10)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t in (3, 1, 0, 2):  # written out of order: read sorted by name
+        cv2.imwrite(str(folder / f"{t:02d}.png"), video[t][..., ::-1])
+    (folder / "notes.txt").write_text("not a frame")
+    source = open_frames(folder, (4, 5), max_frames=3, resize="cv2")
+    assert isinstance(source, ImageFiles) and source.name == str(folder) and source.num_frames == 3
+    assert (source.image_size, source.resize) == ((4, 5), "cv2")
+    expected = np.stack([cv2.resize(f, (5, 4), interpolation=cv2.INTER_LINEAR) for f in video[:3]])
+    torch.testing.assert_close(source.get(0, 3)[0], torch.from_numpy(expected).permute(0, 3, 1, 2).float())
+    listed = open_frames([str(p) for p in sorted(folder.glob("*.png"))][::-1], max_frames=2)
+    assert isinstance(listed, ImageFiles) and listed.num_frames == 2 and listed.name == str(folder)
+    torch.testing.assert_close(listed.get(0, 1)[0, 0], torch.from_numpy(video[3]).permute(2, 0, 1).float())
+    write_video(tmp_path / "clip.mp4", video, fps=4)
+    with open_frames(tmp_path / "clip.mp4", cache=True) as source:
+        assert (
+            isinstance(source, VideoFileFrames)
+            and source.cache
+            and source.num_frames == 4
+            and source.fps == 4
+        )
+    assert not open_frames(str(tmp_path / "clip.mp4")).cache
+    assert open_frames(torch.from_numpy(video), max_frames=3).num_frames == 3
+    with pytest.raises(ValueError, match="got list"):
+        open_frames([1, 2])
+    with pytest.raises(ValueError, match="got list"):
+        open_frames([])
+    with pytest.raises(ValueError, match="max_frames must be at least 1, got 0"):
+        VideoFileFrames(tmp_path / "clip.mp4", max_frames=0)
+
+
+def test_a_closed_video_reads_again_from_the_start(tmp_path: Path) -> None:
+    write_video(tmp_path / "clip.mp4", random_video(10, 16, 16), fps=10)
+    decoded = torch.from_numpy(read_frames(tmp_path / "clip.mp4")).permute(0, 3, 1, 2).float()[None]
+    source = VideoFileFrames(tmp_path / "clip.mp4")
+    torch.testing.assert_close(source.get(6, 10), decoded[:, 6:10])
+    source.close()
+    torch.testing.assert_close(source.get(0, 3), decoded[:, :3])  # a fresh decoder
+    assert source.frames_read == 13
+    source.close()
+    source.close()  # closing twice is fine
