@@ -31,7 +31,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import fire
 import torch
 from prettytable import PrettyTable
 from torch.utils.flop_counter import FlopCounterMode
@@ -41,10 +40,10 @@ from datasets.sample import collate_clips
 from datasets.synthetic import SyntheticClips
 from nets import corr_triton
 from nets.losses import sequence_loss
-from nets.pips2 import Pips
+from nets.pips2 import Pips, frames_to_rgbs
 from tracking.frames import VideoFileFrames
 from tracking.predictor import PipsTracker, build_model
-from utils.cli import explain_flags
+from utils.cli import explain_flags, run
 from utils.dist import pick_device
 from utils.metrics import compute_pips_metrics
 from utils.video import write_video
@@ -257,7 +256,7 @@ def measure_agreement(
         tracks = {}
         for path in ("exact", "fast"):
             model.set_fast(path == "fast", dtype)
-            tracks[path] = model(trajs_e0, rgbs.float(), iters=iters).tracks
+            tracks[path] = model(trajs_e0, frames_to_rgbs(rgbs), iters=iters).tracks
             d_avg[path].append(compute_pips_metrics(tracks[path], trajs_g, valids, H, W)["d_avg"])
         dists.append((tracks["fast"] - tracks["exact"])[:, 1:].norm(dim=-1).flatten().cpu())
     dist = torch.cat(dists).double()
@@ -408,13 +407,12 @@ def main(
     out: str = "benchmark.json",  # JSON with every row and the environment
     agree_ckpt: str = "",  # trained weights (file or run dir): compare the paths' tracks instead of timing
     agree_clips: int = 8,  # clips of the agreement check (S16 N64 128x192 i8, or the custom shape if --S > 0)
-    videos: str | tuple[int, ...] = "",  # video lengths, e.g. 250,1000,4000: time PipsTracker through them
+    videos: str = "",  # video lengths, e.g. 250,1000,4000: time PipsTracker through them
 ) -> None:
     dev = pick_device(device)
     if videos:
-        parts = videos if isinstance(videos, (tuple, list)) else str(videos).split(",")
         try:
-            lengths = [int(v) for v in parts]
+            lengths = [int(v) for v in videos.split(",")]
         except ValueError:
             raise ValueError(f"videos must be comma-separated frame counts, got {videos!r}") from None
         if not lengths or min(lengths) < 2:
@@ -467,4 +465,4 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -13,19 +13,17 @@ Long videos stream through window by window; only the tracks are held for the wh
 
 import io
 import math
-import sys
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import fire
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from tracking.predictor import PipsTracker, build_model, check_queries, grid_queries
-from utils.cli import explain_flags
+from utils.cli import explain_flags, run
 from utils.logger import Logger
 from utils.video import VideoWriter, read_video, video_info
 from utils.vis import colors_by_position, draw_tracks
@@ -171,7 +169,4 @@ def main(
 
 
 if __name__ == "__main__":
-    try:
-        fire.Fire(main)
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {' '.join(str(err).split())}")
+    run(main)

@@ -2,7 +2,10 @@
 
 Clip i is item i of PointOdysseyDataset (a pure function of --seed), so a run can be interrupted and
 rerun: complete clips are skipped. Several exporters (and --num_workers worker processes) may share one
-output folder; each clip id is claimed with a lock file and written atomically.
+output folder; each clip id is claimed with a lock file and written atomically. The folder's
+export_config.json records the dataset, its readable sequences and the settings, which hold for every clip
+in it: an export from another dataset or with other settings is refused, never mixed in. A sequence that
+cannot be read is skipped with a warning (its clips replaced by others) and counted in the summary.
 
     python export_mp4_dataset.py --dataset_location data/pointodyssey --S 36 --N 128 --crop_size 384,512
 """
@@ -16,13 +19,13 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
-import fire
 from tqdm import tqdm
 
-from datasets.exportdataset import claim_clip, clip_dir, export_version, release_clip, write_clip
+from datasets.exportdataset import claim_clip, clip_dir, export_version, list_clips, release_clip, write_clip
 from datasets.pointodyssey import PointOdysseyDataset
-from utils.cli import explain_flags
+from utils.cli import explain_flags, run
 
 CONFIG_FILE = "export_config.json"
 
@@ -52,13 +55,23 @@ def _dataset(config: ExportConfig) -> PointOdysseyDataset:
     )
 
 
+class ClipResult(NamedTuple):
+    status: str  # written, skipped (already there) or failed
+    reason: str  # why it failed
+    unreadable: tuple[str, ...]  # sequences this process has found unreadable so far
+
+
 @dataclass(frozen=True)
 class ClipExporter:
     config: ExportConfig
     out_dir: Path
 
-    def __call__(self, clip_id: int) -> tuple[str, str]:
-        """Export one clip; returns (status, failure reason) with status written/skipped/failed."""
+    def __call__(self, clip_id: int) -> ClipResult:
+        """Export one clip."""
+        status, reason = self._export(clip_id)
+        return ClipResult(status, reason, tuple(_dataset(self.config).unreadable.found()))
+
+    def _export(self, clip_id: int) -> tuple[str, str]:
         if clip_dir(self.out_dir, clip_id).is_dir() or not claim_clip(self.out_dir, clip_id):
             return "skipped", ""
         try:
@@ -80,20 +93,36 @@ def _reason(err: Exception) -> str:
     return re.sub(r"\d+", "#", f"{type(err).__name__}: {lines[0] if lines else ''}")[:160]
 
 
-def _check_config(out_dir: Path, config: ExportConfig) -> None:
-    """Refuse to mix clips of different settings in one folder; record the settings otherwise."""
+def _describe(key: str, value: object) -> str:
+    if isinstance(value, list) and len(value) > 4:
+        return f"{len(value)} {key} ({', '.join(map(str, value[:3]))}, ...)"
+    return f"{key} {value}"
+
+
+def _check_config(out_dir: Path, settings: dict) -> None:
+    """Refuse to mix clips of another dataset or other settings into a folder; record them in a new one."""
     path = out_dir / CONFIG_FILE
-    settings = asdict(config)
-    settings["crop_size"] = list(config.crop_size)
     if path.exists():
-        previous = json.loads(path.read_text())
-        changed = sorted(k for k in settings if k != "dataset_location" and previous.get(k) != settings[k])
-        if changed:
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
             raise ValueError(
-                f"{out_dir} was exported with other settings ({', '.join(changed)}: {previous}); "
+                f"cannot read {path} ({err}); export into another --version or --out_root"
+            ) from None
+        changed = [k for k in settings if previous.get(k) != settings[k]]
+        if changed:
+            differences = "; ".join(
+                f"{_describe(k, previous.get(k))} there, {_describe(k, settings[k])} now" for k in changed
+            )
+            raise ValueError(
+                f"{out_dir} holds clips of another export ({differences}); "
                 "use another --version or --out_root"
             )
         return
+    if list_clips(out_dir):
+        raise ValueError(
+            f"{out_dir} holds clips but no {CONFIG_FILE} saying what they are; use another folder"
+        )
     tmp = out_dir / f"{CONFIG_FILE}.{os.getpid()}"
     tmp.write_text(json.dumps(settings, indent=1))
     os.replace(tmp, path)
@@ -124,15 +153,20 @@ def main(
     if S < 2 or N < 1:
         raise ValueError(f"need S >= 2 and N >= 1, got S={S}, N={N}")
     crop = _parse_crop(crop_size)
-    config = ExportConfig(str(dataset_location), dset, S, N, crop, bool(use_augs), seed)
+    config = ExportConfig(str(Path(dataset_location).resolve()), dset, S, N, crop, bool(use_augs), seed)
+    dataset = _dataset(config)  # before any folder is made: a wrong --dataset_location leaves nothing behind
+    settings = {
+        **asdict(config),
+        "crop_size": list(crop),
+        "sequences": [seq.name for seq in dataset.sequences],
+    }
     out_dir = Path(out_root) / export_version(version, S, N, crop)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_config(out_dir, config)
-    total = len(_dataset(config))
-    ids = range(min(max_clips, total) if max_clips > 0 else total)
+    _check_config(out_dir, settings)
+    ids = range(min(max_clips, len(dataset)) if max_clips > 0 else len(dataset))
     exporter = ClipExporter(config, out_dir)
 
-    counts, reasons = Counter(written=0, skipped=0, failed=0), Counter()
+    counts, reasons, unreadable = Counter(written=0, skipped=0, failed=0), Counter(), set()
     with ExitStack() as stack:
         if num_workers > 1:
             pool = stack.enter_context(mp.get_context("spawn").Pool(num_workers))
@@ -140,16 +174,19 @@ def main(
         else:
             results = map(exporter, ids)
         bar = stack.enter_context(tqdm(results, total=len(ids), desc=f"export {out_dir.name}", unit="clip"))
-        for status, reason in bar:
-            counts[status] += 1
-            if status == "failed":
-                reasons[reason] += 1
+        for result in bar:
+            counts[result.status] += 1
+            if result.status == "failed":
+                reasons[result.reason] += 1
+            unreadable.update(result.unreadable)
             bar.set_postfix(counts, refresh=False)
 
     print(f"{out_dir}: written {counts['written']}, skipped {counts['skipped']}, failed {counts['failed']}")
     for reason, count in reasons.most_common():
         print(f"  failed {count:6d}: {reason}")
+    bad = dataset.skipped + [f"{name}: failed to read (see its warning)" for name in sorted(unreadable)]
+    print(f"unreadable sequences skipped: {len(bad)}" + "".join(f"\n  {line}" for line in bad))
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -37,16 +37,18 @@ def _reference_dir() -> Path:
     return REFERENCE_DIR
 
 
-def pips2(pretrained: bool = False) -> Pips:
+def pips2(pretrained: bool = False, vis_head: bool | None = None) -> Pips:
     """The PIPs++ network on the CPU, exact float32 path; pretrained=True loads the published reference
-    weights."""
-    return build_model(_reference_dir() if pretrained else None, "cpu", fast=False)
+    weights. vis_head: with the visibility head (None = as the weights have it); the reference weights
+    have none, so with vis_head=True its head starts untrained."""
+    return build_model(_reference_dir() if pretrained else None, "cpu", fast=False, vis_head=vis_head)
 
 
 def pips2_tracker(
     pretrained: bool = True, device: torch.device | str | None = None, **kwargs: Any
 ) -> PipsTracker:
     """A PipsTracker (tracking/predictor.py) on `device` (None = best available); kwargs: S, iters,
-    image_size, fast."""
+    image_size, fast. `tracker.predict(...)` gives visibility and confidence beside the tracks where the
+    weights have a visibility head."""
     model = build_model(_reference_dir() if pretrained else None, "" if device is None else device)
     return PipsTracker(model, **kwargs)

@@ -5,12 +5,11 @@ annotations.npz (v1.0). Every scene is a pure function of (seed, split name, seq
 import zlib
 from pathlib import Path
 
-import fire
 import numpy as np
 from tqdm import tqdm
 
 from datasets.synthetic import make_scene, write_sequence
-from utils.cli import explain_flags
+from utils.cli import explain_flags, run
 
 
 @explain_flags
@@ -39,4 +38,4 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -2,13 +2,9 @@
 head-box centres visible at frames 0 and 1 as queries, frames read window by window and resized to
 image_size, and d_avg, survival_16 and median_l2 at that resolution on the valid frames."""
 
-import sys
-
-import fire
-
 from datasets.crohd import CroHD
 from tracking.evaluate import EvalProtocol, check_image_size, evaluate_and_report
-from utils.cli import explain_flags
+from utils.cli import explain_flags, run
 
 
 @explain_flags
@@ -34,7 +30,4 @@ def main(
 
 
 if __name__ == "__main__":
-    try:
-        fire.Fire(main)
-    except FileNotFoundError as err:
-        sys.exit(f"error: {err}")
+    run(main)

@@ -8,10 +8,8 @@
    too; without one they are n/a (null in the JSON).
 """
 
-import sys
 from collections.abc import Sequence
 
-import fire
 import numpy as np
 import torch
 
@@ -27,7 +25,7 @@ from tracking.evaluate import (
     scale_tracks,
 )
 from tracking.frames import Frames
-from utils.cli import explain_flags
+from utils.cli import explain_flags, run
 from utils.metrics import (
     TAPVID_QUERY_MODES,
     TAPVID_THRESHOLDS,
@@ -122,7 +120,4 @@ def main(
 
 
 if __name__ == "__main__":
-    try:
-        fire.Fire(main)
-    except FileNotFoundError as err:
-        sys.exit(f"error: {err}")
+    run(main)

@@ -1,6 +1,7 @@
 """Train PIPs++.
 
-python train.py                                       # built-in synthetic clips, on the best device
+python train.py                                       # synthetic clips, with a recipe fit for this machine
+python train.py --recipe official                     # the official recipe: B=4, S=36, N=128, 256x384
 python train.py --dataset_location ./pod_export/ae_36_128_256x384  # clips written by export_mp4_dataset.py
 python train.py --dataset_location /data/point_odyssey  # PointOdyssey itself, augmented on the fly
 torchrun --nproc_per_node=8 train.py ...              # one process per GPU (DDP); B is per process
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import fire
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -24,12 +24,13 @@ from datasets.exportdataset import ExportDataset
 from datasets.pointodyssey import PointOdysseyDataset
 from datasets.sample import ClipBatch, collate_clips
 from datasets.synthetic import SyntheticClips
-from nets.losses import sequence_loss
+from nets.losses import sequence_loss, visibility_loss
+from nets.pips2 import frames_to_rgbs
 from tracking.predictor import build_model
-from utils import checkpoint, dist
-from utils.cli import explain_flags
-from utils.logger import Logger, RunningMeans, parameter_table
-from utils.metrics import compute_ate, compute_pips_metrics
+from utils import checkpoint, dist, recipes
+from utils.cli import explain_flags, run
+from utils.logger import Logger, Pace, RunningMeans, parameter_table
+from utils.metrics import compute_ate, compute_pips_metrics, occlusion_accuracy
 from utils.vis import draw_tracks
 
 log = logging.getLogger("train")
@@ -97,7 +98,8 @@ def open_data(
         train = ExportDataset(str(root.parent), root.name, S, N, crop, use_augs=use_augs, seed=seed)
         val = ExportDataset(str(root.parent), root.name, S, N, crop, use_augs=False, seed=seed + 1)
         held_out = max(1, min(val_clips, len(train.clips) // 10))  # the last clips are the held-out split
-        train.clips, val.clips = train.clips[:-held_out], val.clips[-held_out:]
+        train.select(slice(None, -held_out))
+        val.select(slice(-held_out, None))
         return train, val
     if (root / "train").is_dir():
         train = PointOdysseyDataset(str(root), "train", S, N, crop_size=crop, use_augs=use_augs, seed=seed)
@@ -131,33 +133,43 @@ class StepResult:
     loss: torch.Tensor
     trajs_e: torch.Tensor  # B,S,N,2 detached final prediction
     batch: ClipBatch  # as fed to the model (after the transpose augmentation)
+    vis_e: torch.Tensor | None = None  # B,S,N detached visibility logits, with a visibility head
 
 
-def run_model(model, batch: ClipBatch, iters: int, g: torch.Generator, train: bool) -> StepResult:
+def run_model(
+    model, batch: ClipBatch, iters: int, g: torch.Generator, train: bool, vis_weight: float = 1.0
+) -> StepResult:
     """One forward + loss. In training, half of the batches are transposed (H<->W) and tracks start from
-    the official random init; validation starts from zero velocity."""
-    rgbs, trajs_g, visibs, valids = batch
-    rgbs = rgbs.float()
+    the official random init; validation starts from zero velocity. With a visibility head the loss adds
+    vis_weight times its visibility_loss."""
+    frames, trajs_g, visibs, valids = batch  # frames B,S,H,W,3 uint8
     if train and torch.rand((), generator=g) < 0.5:
-        rgbs, trajs_g = rgbs.transpose(-1, -2), trajs_g.flip(-1)
-    H, W = rgbs.shape[-2:]
+        frames, trajs_g = frames.transpose(2, 3), trajs_g.flip(-1)  # H<->W, and x<->y with them
+    H, W = frames.shape[2:4]
     trajs_e0 = initial_trajs(trajs_g, g, H, W) if train else trajs_g[:, :1].expand_as(trajs_g).clone()
-    out = model(trajs_e0, rgbs, iters=iters)
+    out = model(trajs_e0, frames_to_rgbs(frames), iters=iters)
     loss = sequence_loss([c.float() for c in out.preds], trajs_g, valids, gamma=0.8)
-    return StepResult(loss, out.tracks.detach().float(), ClipBatch(rgbs, trajs_g, visibs, valids))
+    vis_e = None
+    if out.vis is not None:
+        loss = loss + vis_weight * visibility_loss(out.vis, out.conf, out.tracks, trajs_g, visibs, valids)
+        vis_e = out.vis.detach().float()
+    batch = ClipBatch(frames, trajs_g, visibs, valids)
+    return StepResult(loss, out.tracks.detach().float(), batch, vis_e)
 
 
 def metrics_of(res: StepResult) -> dict[str, float]:
     _, trajs_g, visibs, valids = res.batch
-    H, W = res.batch.rgbs.shape[-2:]
+    H, W = res.batch.rgbs.shape[2:4]
     m = compute_pips_metrics(res.trajs_e, trajs_g, valids, H, W)
     m.update(compute_ate(res.trajs_e, trajs_g, visibs, valids))
+    if res.vis_e is not None:
+        m["occlusion_accuracy"] = occlusion_accuracy(torch.sigmoid(res.vis_e), visibs, valids)
     return m
 
 
 def tracks_gif(res: StepResult) -> np.ndarray:
     """T,H,W,3 uint8: predicted tracks of the first clip drawn on its frames."""
-    frames = res.batch.rgbs[0].permute(0, 2, 3, 1).clamp(0, 255).byte().cpu().numpy()  # S,H,W,3
+    frames = res.batch.rgbs[0].cpu().numpy()  # S,H,W,3
     keep = res.batch.valids[0, 0] > 0
     return draw_tracks(
         frames, res.trajs_e[0][:, keep].cpu().numpy(), res.batch.visibs[0][:, keep].cpu().numpy()
@@ -172,7 +184,7 @@ class TrainStep(NamedTuple):
     skipped: bool  # a non-finite loss or gradient: no update was made
 
 
-def train_step(net, params, optimizer, data, g, iters, grad_acc, grad_clip, device) -> TrainStep:
+def train_step(net, params, optimizer, data, g, iters, grad_acc, grad_clip, device, vis_weight) -> TrainStep:
     """Forward/backward over grad_acc micro-batches, gradient clipping and one optimizer step.
 
     Every rank agrees on skipping a step with a non-finite loss, so DDP never waits on a missing backward.
@@ -185,7 +197,7 @@ def train_step(net, params, optimizer, data, g, iters, grad_acc, grad_clip, devi
         batch = next(data).to(device)
         t_iter = time.time()
         rtime += t_iter - t_read
-        res = run_model(net, batch, iters, g, train=True)
+        res = run_model(net, batch, iters, g, train=True, vis_weight=vis_weight)
         if dist.all_reduce_mean(torch.isfinite(res.loss).float()).item() < 1.0:
             optimizer.zero_grad(set_to_none=True)
             return TrainStep(float("nan"), res, rtime, itime, True)
@@ -205,32 +217,81 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + rank)
 
 
+def newest_run(ckpt_root: Path) -> str:
+    runs = sorted(
+        (p for p in ckpt_root.glob("*") if checkpoint.latest_checkpoint(p)), key=lambda p: p.stat().st_mtime
+    )
+    if not runs:
+        raise FileNotFoundError(f"--resume: no run with checkpoints in {ckpt_root}")
+    return runs[-1].name
+
+
+def pick_recipe(name: str, given: dict, saved: dict, info: dist.DistInfo) -> tuple[recipes.Recipe, str]:
+    """(the recipe of this run, the line that tells it). Each knob is the flag's value if given, else on
+    --resume the run's own, else the recipe's: `name`, else the run's, else the one fit for this device and
+    its free memory (the least free on any process, so that all processes agree)."""
+    if name and name != saved.get("recipe"):
+        saved = {}  # another recipe than the run's: none of its knobs
+    name = name or saved.get("recipe", "")
+    if name:
+        if name not in recipes.RECIPES:
+            raise ValueError(f"--recipe must be one of {', '.join(recipes.RECIPES)}, got {name!r}")
+        base, why = recipes.RECIPES[name], "the run's own" if saved else "as asked"
+    else:
+        free = recipes.free_memory(info.device)
+        if free is not None:
+            free = int(dist.all_reduce_min(torch.tensor(float(free), device=info.device)).item())
+        base, why = recipes.choose(info.device, free)
+    knobs = {k: given.get(k, saved.get(k)) for k in base.knobs()}
+    if knobs["crop_size"] is not None:
+        knobs["crop_size"] = tuple(knobs["crop_size"])  # a list in config.json
+    plan = recipes.resolve(base, **knobs)
+    line = f"recipe {plan.name}: {plan.describe()} ({why})"
+    if given:
+        line += f"; set by flags: {', '.join(f'--{k}' for k in given)}"
+    if plan.name != recipes.OFFICIAL.name:
+        line += f". {recipes.official_hint()}"
+    return plan, line
+
+
+def skipped_data(data: Dataset | None) -> list[str]:
+    """Sequences or clips of a reader left out as unreadable: at indexing, or found while reading by this
+    process or its DataLoader workers."""
+    if not isinstance(data, (ExportDataset, PointOdysseyDataset)):
+        return []
+    return data.skipped + [f"{name}: failed to read (see its warning)" for name in data.unreadable.found()]
+
+
 @explain_flags
 def main(
     *,
     dataset_location: str = "",  # '' = built-in synthetic clips; an export folder; or a PointOdyssey root
-    B: int = 4,  # clips per batch and per process
-    S: int = 36,  # frames per clip
-    N: int = 128,  # tracked points per clip
-    crop_size: tuple[int, int] = (256, 384),  # H,W of the training clips
-    iters: int = 6,  # refinement iterations (validation uses twice as many)
+    recipe: str = "",  # '' = fit for this machine (the official one on a big GPU); official, official-b2, ...
+    B: int | None = None,  # clips per batch and per process (default: the recipe's)
+    S: int | None = None,  # frames per clip (default: the recipe's)
+    N: int | None = None,  # tracked points per clip (default: the recipe's)
+    crop_size: tuple[int, int] | None = None,  # H,W of the training clips (default: the recipe's)
+    iters: int | None = None,  # refinement iterations, twice as many to validate (default: the recipe's)
     lr: float = 5e-4,  # peak learning rate of AdamW
     weight_decay: float = 1e-6,  # AdamW weight decay
     grad_clip: float = 5.0,  # gradient-norm clipping
-    grad_acc: int = 1,  # micro-batches accumulated per optimizer step
-    max_steps: int = 200_000,  # optimizer steps
+    grad_acc: int | None = None,  # micro-batches accumulated per optimizer step (default: the recipe's)
+    max_steps: int | None = None,  # optimizer steps (default: the recipe's)
     use_scheduler: bool = True,  # OneCycleLR: 10% warm-up, linear anneal
     use_augs: bool = True,  # augment (exported / PointOdyssey data; the transpose augmentation for all)
-    val_freq: int = 1000,  # validate every this many steps (0 = never)
+    val_freq: int | None = None,  # validate every this many steps, 0 = never (default: the recipe's)
     val_clips: int = 64,  # size of the held-out validation set
-    log_freq: int = 1000,  # TensorBoard gifs every this many steps; scalars 4x as often
-    save_freq: int = 1000,  # checkpoint every this many steps
+    log_freq: int | None = None,  # TensorBoard gifs every this many steps, scalars 4x as often (ditto)
+    save_freq: int | None = None,  # checkpoint every this many steps (default: the recipe's)
     keep_latest: int = 5,  # checkpoints kept per run
-    num_workers: int = 4,  # DataLoader workers per process
+    num_workers: int | None = None,  # DataLoader workers per process (default: the recipe's)
     seed: int = 0,  # seed of the model init, the data order and every augmentation
     run_name: str = "",  # '' = a new name from the config and the time
     resume: bool = False,  # continue run_name (or the newest run in ckpt_dir) from its latest checkpoint
     init_ckpt: str = "",  # start from these weights only (a file or a checkpoint directory)
+    vis_head: bool = False,  # also train a visibility head (visibility and confidence, BCE on visibs)
+    vis_weight: float = 1.0,  # weight of the visibility head's loss beside the tracking loss
+    head_only: bool = False,  # train only the visibility head; the backbone (from --init_ckpt) is frozen
     log_dir: str = "./logs_train",  # TensorBoard logs and config.json, per run
     ckpt_dir: str = "./checkpoints",  # checkpoints, per run
     device: str = "",  # '' = cuda if available, else mps, else cpu
@@ -242,29 +303,38 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     info = dist.setup(device)
     torch.manual_seed(seed)
-    crop = (int(crop_size[0]), int(crop_size[1]))
+    ckpt_root = Path(ckpt_dir)
+    if resume and not run_name:
+        run_name = newest_run(ckpt_root)
+    saved_path = Path(log_dir) / run_name / "config.json"
+    saved = json.loads(saved_path.read_text()) if resume and run_name and saved_path.is_file() else {}
+    given = {k: v for k, v in config.items() if k in recipes.OFFICIAL.knobs() and v is not None}
+    plan, recipe_line = pick_recipe(recipe, given, saved, info)
+    config.update({k: getattr(plan, k) for k in plan.knobs()}, recipe=plan.name)
+    if info.is_main:
+        print(recipe_line)
     if not dataset_location and info.is_main:
         print(
             "training on the built-in synthetic clips; for PointOdyssey pass --dataset_location "
             "<PointOdyssey root or export folder> (see README)"
         )
+    B, S, N, crop, iters = plan.B, plan.S, plan.N, plan.crop_size, plan.iters
     train_data, val_data = open_data(dataset_location, S, N, crop, use_augs, seed, val_clips)
 
-    ckpt_root = Path(ckpt_dir)
-    if resume and not run_name:
-        runs = sorted(
-            (p for p in ckpt_root.glob("*") if checkpoint.latest_checkpoint(p)),
-            key=lambda p: p.stat().st_mtime,
-        )
-        if not runs:
-            raise FileNotFoundError(f"--resume: no run with checkpoints in {ckpt_root}")
-        run_name = runs[-1].name
     run_name = run_name or f"{B}_{S}_{N}_i{iters}_{lr:.0e}_{time.strftime('%Y%m%d_%H%M%S')}"
     run_ckpt, run_log = ckpt_root / run_name, Path(log_dir) / run_name
 
-    model = build_model(None if resume else init_ckpt or None, info.device, job="train", fast=fast)
+    vis_head, head_only = vis_head or bool(saved.get("vis_head")), head_only or bool(saved.get("head_only"))
+    config.update(vis_head=vis_head, head_only=head_only)  # a resumed run keeps its head
+    if head_only and not (init_ckpt or resume):
+        raise ValueError("--head_only trains the visibility head on a trained backbone: give it --init_ckpt")
+    with_head = vis_head or head_only
+    model = build_model(None if resume else init_ckpt or None, info.device, "train", fast, vis_head=with_head)
     dtype = model.fast_dtype if model.fast else None
     model.norm.requires_grad_(False)  # unused by the forward; kept only for checkpoint compatibility
+    if head_only:
+        model.requires_grad_(False)
+        model.vis_head.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=1e-8)
     scheduler = None
@@ -272,7 +342,7 @@ def main(
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=lr,
-            total_steps=max_steps + 100,
+            total_steps=plan.max_steps + 100,
             pct_start=0.1,
             cycle_momentum=False,
             anneal_strategy="linear",
@@ -296,16 +366,19 @@ def main(
             f"{' (fast path, bf16)' if dtype is not None else ''}; {info.world_size} process(es)"
         )
 
-    train_iter = batches(train_data, B, num_workers, info, seed, start * grad_acc)
-    val_iter = batches(val_data, B, 0, info, seed + 1) if val_freq and val_data is not None else None
+    train_iter = batches(train_data, B, plan.num_workers, info, seed, start * plan.grad_acc)
+    val_iter = batches(val_data, B, 0, info, seed + 1) if plan.val_freq and val_data is not None else None
     pools_t, pools_v = RunningMeans(1000), RunningMeans(1000)
+    pace = Pace()
     bad_steps = 0
     step = start
-    while step < max_steps:
+    while step < plan.max_steps:
         step += 1
         t0 = time.time()
         g = step_generator(seed, step, info.rank)
-        out = train_step(net, params, optimizer, train_iter, g, iters, grad_acc, grad_clip, info.device)
+        out = train_step(
+            net, params, optimizer, train_iter, g, iters, plan.grad_acc, grad_clip, info.device, vis_weight
+        )
         if out.skipped:
             bad_steps += 1
             log.warning("step %d: non-finite loss or gradient; step skipped (%d in a row)", step, bad_steps)
@@ -316,36 +389,57 @@ def main(
             pools_t.update({**metrics_of(out.result), "loss": out.loss})
         if scheduler is not None:
             scheduler.step()
-        if val_iter is not None and (step % val_freq == 0 or step == start + 1):
-            pools_v.update(validate(net, next(val_iter).to(info.device), iters * 2, logger, step, log_freq))
         if info.is_main:
-            if step % max(log_freq // 4, 1) == 0:
+            if step % max(plan.log_freq // 4, 1) == 0:
                 logger.scalars(step, pools_t.means(), "train/")
                 logger.scalars(step, pools_v.means(), "val/")
                 logger.scalars(step, {"lr": optimizer.param_groups[0]["lr"]}, "_/")
-            if step % log_freq == 0 and not out.skipped:
+            if step % plan.log_freq == 0 and not out.skipped:
                 logger.gif("2_outputs/trajs_e_on_rgbs", tracks_gif(out.result), step, fps=min(S, 8))
-            print(
-                f"{run_name}; step {step:06d}/{max_steps}; rtime {out.rtime:.2f}; itime {out.itime:.2f}; "
-                f"loss {out.loss:.3f}; loss_t {pools_t.mean('loss'):.2f}; d_t {pools_t.mean('d_avg'):.1f}; "
-                f"d_v {pools_v.mean('d_avg'):.1f}; time {time.time() - t0:.2f}"
-            )
-            if step % save_freq == 0 or step == max_steps:
+            if step % plan.save_freq == 0 or step == plan.max_steps:
                 config["step"] = step
                 checkpoint.save(run_ckpt, model, optimizer, scheduler, step, keep_latest, config=config)
+            pace.tick()
+            print(
+                f"{run_name}; step {step:06d}/{plan.max_steps}; rtime {out.rtime:.2f}; "
+                f"itime {out.itime:.2f}; loss {out.loss:.3f}; loss_t {pools_t.mean('loss'):.2f}; "
+                f"d_t {pools_t.mean('d_avg'):.1f}; d_v {pools_v.mean('d_avg'):.1f}; "
+                f"time {time.time() - t0:.2f}; {pace.steps_per_s():.2f} steps/s; "
+                f"eta {pace.eta(plan.max_steps - step)}",
+                flush=True,  # also when piped to a log file
+            )
+        if val_iter is not None and (step % plan.val_freq == 0 or step == start + 1):
+            val = validate(
+                net, next(val_iter).to(info.device), iters * 2, logger, step, plan.log_freq, vis_weight
+            )
+            pools_v.update(val)
+            if info.is_main:  # after the step's line, which it would delay; its own line, as d_v lags
+                line = f"{run_name}; validation at step {step}: d_avg {val['d_avg']:.1f}"
+                if "occlusion_accuracy" in val:
+                    line += f"; occlusion_accuracy {val['occlusion_accuracy']:.1f}"
+                print(f"{line}; loss {val['loss']:.2f}", flush=True)
+    if info.is_main and dataset_location:
+        for split, data in (("training", train_data), ("validation", val_data)):
+            skipped = skipped_data(data)
+            print(
+                f"{split} data: {len(skipped)} unreadable sequence(s) or clip(s) skipped"
+                + "".join(f"\n  {line}" for line in skipped)
+            )
     logger.close()
     dist.teardown()
 
 
 @torch.no_grad()
-def validate(model, batch: ClipBatch, iters: int, logger: Logger, step: int, log_freq: int):
+def validate(
+    model, batch: ClipBatch, iters: int, logger: Logger, step: int, log_freq: int, vis_weight: float
+):
     """Metrics of one held-out batch, tracked from zero velocity with 2x iterations."""
     model.eval()
-    res = run_model(model, batch, iters, torch.Generator(), train=False)
+    res = run_model(model, batch, iters, torch.Generator(), train=False, vis_weight=vis_weight)
     if step % log_freq == 0:
         logger.gif("val/trajs_e_on_rgbs", tracks_gif(res), step)
     return {**metrics_of(res), "loss": res.loss.item()}
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -6,14 +6,17 @@ Layout: `<dataset_location>/HT21/train/HT21-0x/img1/%06d.jpg` (1-based frame num
 than S_min are dropped. A clip's tracks are the head-box centres.
 """
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from datasets.sample import EvalSequence
+from datasets.sample import EvalSequence, UnreadableSequence
 from utils.video import read_image
+
+logger = logging.getLogger(__name__)
 
 BORDER = 32  # px; the annotations get noisy near the image border, so centres this close are not scored
 MIN_PATH_LENGTH = 150.0  # px; heads whose centre travels less over the clip are dropped
@@ -37,7 +40,10 @@ def read_labels(path: str | Path) -> HeadLabels:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CroHD labels not found: {path}")
-    rows = np.loadtxt(path, delimiter=",", ndmin=2)
+    try:
+        rows = np.loadtxt(path, delimiter=",", ndmin=2)
+    except ValueError as err:  # not numbers, ragged rows, not text
+        raise ValueError(f"{path}: cannot read the labels ({err})") from None
     if rows.shape[0] == 0 or rows.shape[1] < 9:
         raise ValueError(f"{path}: expected rows of 9 comma-separated values, got shape {rows.shape}")
     frames = rows[:, 0].astype(np.int64) - 1
@@ -101,6 +107,9 @@ class CroHD(Dataset):
     hold_occluded: the official reader replaces the gt of every frame where a head is not visible by
     its previous position. Labelled heads that are occluded keep valids = 1, so the published CroHD
     numbers score those frames against the held position: keep it True to reproduce them.
+
+    A sequence whose labels cannot be read or whose img1/ folder is missing is left out with one warning
+    and listed in `skipped`; a clip whose first image cannot be read raises UnreadableSequence.
     """
 
     def __init__(
@@ -114,10 +123,22 @@ class CroHD(Dataset):
                 f"CroHD folder not found: {root} (expected <dataset_location>/HT21/train)"
             )
         self.hold_occluded = hold_occluded
-        self.sequences = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("HT21-"))
-        if not self.sequences:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("HT21-"))
+        if not folders:
             raise FileNotFoundError(f"no HT21-* sequence folders in {root}")
-        self.labels = {p.name: read_labels(p / "gt" / "gt.txt") for p in self.sequences}
+        self.sequences, self.labels, self.skipped = [], {}, []
+        for seq in folders:
+            try:
+                if not (seq / "img1").is_dir():
+                    raise FileNotFoundError(f"CroHD frames not found: {seq / 'img1'}")
+                self.labels[seq.name] = read_labels(seq / "gt" / "gt.txt")
+            except (OSError, ValueError) as err:
+                logger.warning("skipping %s", err)
+                self.skipped.append(str(err))
+                continue
+            self.sequences.append(seq)
+        if not self.sequences:
+            raise ValueError(f"no readable CroHD sequence in {root} ({len(self.skipped)} skipped)")
         self.clips: list[tuple[Path, int, int]] = []
         for seq in self.sequences:
             num_frames = self.labels[seq.name].num_frames
@@ -134,7 +155,10 @@ class CroHD(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} clips")
         seq, start, end = self.clips[index]
         first = frame_path(seq, start)
-        H, W = read_image(first).shape[:2]
+        try:
+            H, W = read_image(first).shape[:2]
+        except (OSError, ValueError) as err:
+            raise UnreadableSequence(f"clip {seq.name} {start}-{end}: {err}") from err
         trajs, visibs, valids = head_tracks(self.labels[seq.name], start, end, H, W)
         keep = select_heads(trajs, visibs, valids)
         trajs, visibs, valids = trajs[:, keep], visibs[:, keep], valids[:, keep]

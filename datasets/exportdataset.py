@@ -23,7 +23,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from datasets.augment import photometric_clip
-from datasets.sample import ClipSample
+from datasets.sample import ClipSample, UnreadableMarks, UnreadableSequence
 from utils.video import read_frames, write_video
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,6 @@ CRF = 20  # x264 constant quality of the official export
 LOCK_SUFFIX = ".lock"
 TMP_PREFIX = ".tmp-"
 STALE_AFTER_S = 600.0  # a lock or temporary folder from another host older than this is abandoned
-MAX_REPLACEMENTS = 20  # corrupted clips tried in a row before giving up
 
 
 def export_version(tag: str, S: int, N: int, crop_size: tuple[int, int]) -> str:
@@ -128,7 +127,7 @@ def write_clip(out_dir: Path, clip_id: int, sample: ClipSample) -> bool:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        write_video(tmp / "rgb.mp4", sample.rgbs.transpose(0, 2, 3, 1), fps=FPS, crf=CRF)  # S,H,W,3
+        write_video(tmp / "rgb.mp4", sample.rgbs, fps=FPS, crf=CRF)
         np.savez_compressed(tmp / "track.npz", track_g=sample.track_g)
         try:
             os.rename(tmp, final)
@@ -141,36 +140,47 @@ def write_clip(out_dir: Path, clip_id: int, sample: ClipSample) -> bool:
     return True
 
 
-class _CorruptClip(Exception):
-    pass
-
-
 def _read_track(clip: Path) -> np.ndarray:
     try:
         with np.load(clip / "track.npz") as data:
             return np.asarray(data["track_g"], dtype=np.float32)  # S,N,4
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        raise _CorruptClip(f"unreadable track.npz in {clip}: {err}") from err
+        raise UnreadableSequence(f"unreadable {clip / 'track.npz'}: {err}") from err
 
 
 def _read_rgbs(clip: Path, S: int) -> np.ndarray:
     try:
         rgbs = read_frames(clip / "rgb.mp4", max_frames=S)  # T,H,W,3 RGB
     except (OSError, ValueError) as err:
-        raise _CorruptClip(f"unreadable rgb.mp4 in {clip}: {err}") from err
+        raise UnreadableSequence(f"unreadable {clip / 'rgb.mp4'}: {err}") from err
     if len(rgbs) < S:
-        raise _CorruptClip(f"short rgb.mp4 in {clip}: {len(rgbs)} frames, expected {S}")
+        raise UnreadableSequence(f"short {clip / 'rgb.mp4'}: {len(rgbs)} frames, expected {S}")
     return rgbs
+
+
+def _index_clips(root: Path) -> tuple[list[Path], list[str]]:
+    """(complete clip folders, one line per folder left out because a file is missing)."""
+    clips, skipped = [], []
+    for clip in list_clips(root):
+        missing = [name for name in ("rgb.mp4", "track.npz") if not (clip / name).is_file()]
+        if missing:
+            skipped.append(f"clip {clip}: no {' or '.join(missing)}")
+            logger.warning("skipping %s", skipped[-1])
+        else:
+            clips.append(clip)
+    return clips, skipped
 
 
 class ExportDataset(Dataset):
     """Clips written by export_mp4_dataset.py, in sorted id order.
 
-    Each item is a ClipSample with rgbs S,3,H,W uint8 RGB and a random subset (without replacement)
+    Each item is a ClipSample with rgbs S,H,W,3 uint8 RGB and a random subset (without replacement)
     of N of the clip's points; with use_augs the photometric augmentation is applied (same
-    parameters on all frames). Items are a pure function of (seed, epoch, index). A clip that cannot
-    be read (corrupted or short mp4, broken npz) is reported once per process with logging.warning
-    and another clip is returned in its place; clips of the wrong S, N or size raise ValueError.
+    parameters on all frames). Items are a pure function of (seed, epoch, index). A clip folder missing a
+    file is left out at indexing (listed in `skipped`); a clip that cannot be read (corrupted or short
+    mp4, broken npz) is marked in `unreadable` (shared by all DataLoader workers) with one warning, and
+    another clip is returned in its place; ValueError once no readable clip is left. Clips of the wrong S,
+    N or size raise ValueError.
     """
 
     def __init__(
@@ -186,25 +196,30 @@ class ExportDataset(Dataset):
         self.root = Path(dataset_location) / version
         if not self.root.is_dir():
             raise FileNotFoundError(f"no export folder {self.root}; write one with export_mp4_dataset.py")
-        self.clips = list_clips(self.root)
+        self.clips, self.skipped = _index_clips(self.root)
         if not self.clips:
-            raise FileNotFoundError(f"export folder {self.root} holds no clips")
+            raise FileNotFoundError(f"export folder {self.root} holds no complete clips")
         self.S, self.N, self.crop_size = S, N, (int(crop_size[0]), int(crop_size[1]))
         self.use_augs, self.seed, self.epoch = use_augs, seed, 0
-        self._bad: set[Path] = set()
+        self.unreadable = UnreadableMarks([clip.name for clip in self.clips])
         self._check_shapes()
 
     def _check_shapes(self) -> None:
         # fail at construction, not inside a DataLoader worker, when S, N or crop_size do not match
-        for clip in self.clips[:MAX_REPLACEMENTS]:
+        for index in range(len(self.clips)):
             try:
-                self._load(clip, np.random.default_rng(0), augment=False)
+                self._load(self.clips[index], np.random.default_rng(0), augment=False)
                 return
-            except _CorruptClip:
-                continue
+            except UnreadableSequence as err:
+                self.unreadable.mark(index, err)
+        raise ValueError(f"export folder {self.root}: no clip can be read")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def select(self, part: slice) -> None:
+        """Keep only the clips `part` of the index (say, a held-out split)."""
+        self.clips, self.unreadable = self.clips[part], self.unreadable[part]
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -222,7 +237,7 @@ class ExportDataset(Dataset):
         if augment:
             rgbs = photometric_clip(rgbs, rng)
         return ClipSample(
-            rgbs=np.ascontiguousarray(rgbs.transpose(0, 3, 1, 2)),  # S,3,H,W
+            rgbs=rgbs,  # S,H,W,3
             trajs=np.ascontiguousarray(track[..., :2]),  # S,N,2
             visibs=np.ascontiguousarray(track[..., 2]),  # S,N
             valids=np.ascontiguousarray(track[..., 3]),  # S,N
@@ -230,13 +245,13 @@ class ExportDataset(Dataset):
 
     def __getitem__(self, index: int) -> ClipSample:
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        for _ in range(MAX_REPLACEMENTS):
-            clip = self.clips[index]
-            if clip not in self._bad:
+        while not self.unreadable.all_marked():
+            # a clip is read before the first random draw, so skipping one known to be unreadable leaves the
+            # generator as failing on it would
+            if index not in self.unreadable:
                 try:
-                    return self._load(clip, rng, self.use_augs)
-                except _CorruptClip as err:
-                    self._bad.add(clip)
-                    logger.warning("%s; using another clip in its place", err)
+                    return self._load(self.clips[index], rng, self.use_augs)
+                except UnreadableSequence as err:
+                    self.unreadable.mark(index, err)
             index = int(rng.integers(len(self.clips)))
-        raise RuntimeError(f"{MAX_REPLACEMENTS} unreadable clips in a row in {self.root}")
+        raise ValueError(f"export folder {self.root}: no readable clip left")

@@ -9,16 +9,18 @@ keys present, not from the file name. Tracks are pixel x,y with pixel centres at
 import logging
 import re
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
 from datasets.augment import augment_clip, just_crop, just_resize
-from datasets.sample import ClipSample, EvalSequence
+from datasets.sample import ClipSample, EvalSequence, UnreadableMarks, UnreadableSequence
 from utils.video import read_image
 
 logger = logging.getLogger(__name__)
@@ -127,35 +129,46 @@ def inspect_sequence(seq_dir: Path) -> SequenceInfo:
     return SequenceInfo(seq_dir.name, seq_dir, anno_path, T, N, (seq_dir / "masks").is_dir())
 
 
-def list_sequences(dataset_location: str | Path, dset: str) -> list[SequenceInfo]:
-    """Sorted, checked sequences of a split. Sequences without annotations are skipped with a warning."""
+class SplitIndex(NamedTuple):
+    sequences: list[SequenceInfo]  # sorted by name
+    skipped: list[str]  # one line per sequence left out, naming the file and the reason
+
+
+def list_sequences(dataset_location: str | Path, dset: str) -> SplitIndex:
+    """Sorted, checked sequences of a split. A sequence that cannot be read (no or corrupt annotations,
+    frames missing) is skipped with one warning; ValueError when no sequence is left."""
     split_dir = Path(dataset_location) / dset
     if not split_dir.is_dir():
         raise FileNotFoundError(f"split folder {split_dir} does not exist")
-    sequences = []
+    sequences, skipped = [], []
     for seq_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-        if _find_annotations(seq_dir) is None:
-            logger.warning(
-                "skipping sequence %s: no %s in %s", seq_dir.name, " or ".join(ANNO_FILES), seq_dir
-            )
-            continue
-        sequences.append(inspect_sequence(seq_dir))
+        try:
+            sequences.append(inspect_sequence(seq_dir))
+        except (OSError, ValueError) as err:
+            logger.warning("skipping %s", err)
+            skipped.append(str(err))
     if not sequences:
-        raise ValueError(f"split folder {split_dir} has no sequences with annotations")
-    return sequences
+        detail = f" ({len(skipped)} skipped, e.g. {skipped[0]})" if skipped else ""
+        raise ValueError(f"split folder {split_dir} has no readable sequence{detail}")
+    return SplitIndex(sequences, skipped)
 
 
 def load_tracks(seq: SequenceInfo, frame_ids: np.ndarray | None = None) -> Tracks:
     """Tracks of frames `frame_ids` (default all), float32, exactly as stored (non-finite kept).
-    v1.0 visibilities v map to valids = (v < 2), visibs = (v == 1)."""
-    with np.load(seq.anno_path, allow_pickle=True) as anno:
-        vis_key, val_key = _annotation_keys(seq.anno_path, set(anno.files))
-        ids = slice(None) if frame_ids is None else np.asarray(frame_ids)
-        trajs = np.asarray(anno["trajs_2d"][ids], np.float32)  # S,N,2
-        vis = np.asarray(anno[vis_key][ids], np.float32)  # S,N
-        if val_key is None:
-            return Tracks(trajs, (vis == 1).astype(np.float32), (vis < 2).astype(np.float32))
-        return Tracks(trajs, vis, np.asarray(anno[val_key][ids], np.float32))
+    v1.0 visibilities v map to valids = (v < 2), visibs = (v == 1). UnreadableSequence when the file
+    cannot be read."""
+    try:
+        with np.load(seq.anno_path, allow_pickle=True) as anno:
+            vis_key, val_key = _annotation_keys(seq.anno_path, set(anno.files))
+            ids = slice(None) if frame_ids is None else np.asarray(frame_ids)
+            trajs = np.asarray(anno["trajs_2d"][ids], np.float32)  # S,N,2
+            vis = np.asarray(anno[vis_key][ids], np.float32)  # S,N
+            valids = None if val_key is None else np.asarray(anno[val_key][ids], np.float32)  # S,N
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+        raise UnreadableSequence(f"cannot read {seq.anno_path} ({err})") from err
+    if valids is None:
+        return Tracks(trajs, (vis == 1).astype(np.float32), (vis < 2).astype(np.float32))
+    return Tracks(trajs, vis, valids)
 
 
 def _imread(path: Path, flags: int) -> np.ndarray:
@@ -244,7 +257,10 @@ class PointOdysseyDataset(Dataset):
 
     The index holds one clip per (sequence, stride, start) for start in range(0, T - S*stride + 1,
     clip_step). A clip failing a filter is replaced by a clip drawn from the item's generator (up to
-    `max_tries`, then RuntimeError); item i of epoch e is a pure function of (seed, e, i).
+    `max_tries`, then RuntimeError); item i of epoch e is a pure function of (seed, e, i). Sequences that
+    cannot be read are left out: at indexing (listed in `skipped`) or when one of their files fails to read
+    (marked in `unreadable`, shared by all DataLoader workers, and replaced like a filtered clip);
+    ValueError once no readable sequence is left.
 
     req_full=True requires N points surviving every filter; req_full=False (default) accepts N//2 and
     zero-pads the rest. (The official loader names this the other way round and by default requires N.)
@@ -274,7 +290,10 @@ class PointOdysseyDataset(Dataset):
         self.use_augs, self.seed, self.max_tries = use_augs, seed, max_tries
         self.min_points = N if req_full else max(N // 2, 1)
         self.epoch = 0
-        self.sequences = list_sequences(dataset_location, dset)[: 1 if quick else None]
+        self.split_dir = Path(dataset_location) / dset
+        self.sequences, self.skipped = list_sequences(dataset_location, dset)
+        self.sequences = self.sequences[: 1 if quick else None]
+        self.unreadable = UnreadableMarks([seq.name for seq in self.sequences])
         for seq in self.sequences:
             if not seq.has_masks:
                 logger.warning(
@@ -299,17 +318,26 @@ class PointOdysseyDataset(Dataset):
         return len(self.clips)
 
     def __getitem__(self, index: int) -> ClipSample:
-        """A ClipSample at crop_size: rgbs S,3,H,W uint8, trajs S,N,2 (x,y crop pixels), visibs/valids S,N."""
+        """A ClipSample at crop_size: rgbs S,H,W,3 uint8, trajs S,N,2 (x,y crop pixels), visibs/valids S,N."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} clips")
         rng = np.random.default_rng([self.seed, self.epoch, index])
         clip, reasons = index, []
-        for _ in range(self.max_tries):
+        while len(reasons) < self.max_tries:  # only filtered clips count as tries
+            seq_idx = int(self.clips[clip, 0])
+            if self.unreadable.all_marked():
+                bad = ", ".join(self.unreadable.found())
+                raise ValueError(f"{self.split_dir}: no readable sequence left (unreadable: {bad})")
             try:
-                return self._make_clip(clip, rng)
+                # a clip reads all its files before its first random draw, so skipping a sequence known
+                # to be unreadable leaves the generator as failing on it would
+                if seq_idx not in self.unreadable:
+                    return self._make_clip(clip, rng)
             except _Rejected as err:
                 reasons.append(str(err))
                 logger.debug("clip %d rejected: %s", clip, err)
+            except (OSError, ValueError) as err:  # a file of the sequence cannot be read
+                self.unreadable.mark(seq_idx, err)
             clip = int(rng.integers(len(self)))
         raise RuntimeError(
             f"item {index}: {self.max_tries} clips in a row failed the filters "
@@ -324,7 +352,7 @@ class PointOdysseyDataset(Dataset):
         seq_idx, start, stride = self.clips[clip]
         seq = self.sequences[seq_idx]
         frame_ids = start + np.arange(self.S) * stride  # S
-        tracks = invalidate_nonfinite(load_tracks(seq, frame_ids))
+        tracks = invalidate_nonfinite(load_tracks(seq, frame_ids))  # UnreadableSequence
         keep = tracks.visibs[0] * tracks.valids[0] > 0
         self._require(keep, "visible at frame 0", seq)
         trajs, visibs, valids = tracks.trajs[:, keep], tracks.visibs[:, keep], tracks.valids[:, keep]
@@ -378,7 +406,6 @@ class PointOdysseyDataset(Dataset):
         out_val = np.zeros((S, self.N), np.float32)
         out_trajs[:, :n] = np.clip(trajs[:, chosen], lo, hi)
         out_vis[:, :n], out_val[:, :n] = visibs[:, chosen], valids[:, chosen]
-        rgbs = np.ascontiguousarray(rgbs.transpose(0, 3, 1, 2))  # S,3,H,W
         return ClipSample(rgbs=rgbs, trajs=out_trajs, visibs=out_vis, valids=out_val)
 
 
@@ -387,14 +414,16 @@ class PointOdysseyFullSeq(Dataset):
 
     Filters: coordinates outside [1, W-2] x [1, H-2] (H,W of the first frame) become invisible and
     invalid; kept are tracks visible at frame 0, visible in >= 8 frames, and moving < 512 px per frame.
-    Tracks are clamped to 32 px around the frame and N of them picked at linspace indices.
+    Tracks are clamped to 32 px around the frame and N of them picked at linspace indices. Sequences that
+    cannot be indexed are left out and listed in `skipped`; one whose files fail to read when it is read
+    raises UnreadableSequence.
     """
 
     def __init__(self, dataset_location: str | Path, dset: str = "test", N: int = 256) -> None:
         if N < 1:
             raise ValueError(f"N must be >= 1, got {N}")
         self.N = N
-        self.sequences = list_sequences(dataset_location, dset)
+        self.sequences, self.skipped = list_sequences(dataset_location, dset)
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -404,8 +433,11 @@ class PointOdysseyFullSeq(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} sequences")
         seq = self.sequences[index]
         paths = [seq.rgb_path(t) for t in range(seq.num_frames)]
-        H, W = read_image(paths[0]).shape[:2]
-        tracks = invalidate_nonfinite(load_tracks(seq))
+        try:
+            H, W = read_image(paths[0]).shape[:2]
+        except (OSError, ValueError) as err:
+            raise UnreadableSequence(f"sequence {seq.name}: {err}") from err
+        tracks = invalidate_nonfinite(load_tracks(seq))  # UnreadableSequence
         trajs, visibs, valids = tracks.trajs, tracks.visibs, tracks.valids
         out = outside(trajs, 1, W - 2, H - 2)
         visibs[out] = 0

@@ -1,11 +1,49 @@
-"""The typed training/evaluation clip that every reader returns."""
+"""The typed training/evaluation clip that every reader returns, and how readers report unreadable data."""
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
+
+
+class UnreadableMarks:
+    """Which of a reader's items (sequences or clips) turned out unreadable while reading.
+
+    The marks live in shared memory, so DataLoader worker processes skip what another one found, and the
+    main process can count them for its summary.
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        self.flags = torch.zeros(len(self.names), dtype=torch.bool).share_memory_()  # K
+
+    def mark(self, index: int, err: Exception) -> None:
+        """Mark item `index` unreadable; the first mark warns with the reason."""
+        if not self.flags[index]:
+            self.flags[index] = True
+            logger.warning("skipping %s: %s", self.names[index], err)
+
+    def __contains__(self, index: int) -> bool:
+        return bool(self.flags[index])
+
+    def __getitem__(self, part: slice) -> "UnreadableMarks":
+        """The marks of items `part`, still shared with these."""
+        marks = UnreadableMarks([])
+        marks.names, marks.flags = self.names[part], self.flags[part]
+        return marks
+
+    def all_marked(self) -> bool:
+        return bool(self.flags.all())
+
+    def found(self) -> list[str]:
+        """Names of the marked items, in index order."""
+        return [name for name, bad in zip(self.names, self.flags.tolist()) if bad]
 
 
 @dataclass
@@ -16,15 +54,15 @@ class ClipSample:
     were available) have trajs, visibs and valids all zero.
     """
 
-    rgbs: np.ndarray  # S,3,H,W uint8 RGB
+    rgbs: np.ndarray  # S,H,W,3 uint8 RGB (the layout of every reader; frames_to_rgbs feeds Pips)
     trajs: np.ndarray  # S,N,2 float32, x,y pixels
     visibs: np.ndarray  # S,N float32, 1 = visible
     valids: np.ndarray  # S,N float32, 1 = annotation valid (occluded points included)
 
     def __post_init__(self) -> None:
-        S, C, H, W = self.rgbs.shape
-        if C != 3 or self.rgbs.dtype != np.uint8:
-            raise ValueError(f"rgbs must be S,3,H,W uint8, got {self.rgbs.shape} {self.rgbs.dtype}")
+        if self.rgbs.ndim != 4 or self.rgbs.shape[-1] != 3 or self.rgbs.dtype != np.uint8:
+            raise ValueError(f"rgbs must be S,H,W,3 uint8, got {self.rgbs.shape} {self.rgbs.dtype}")
+        S = self.rgbs.shape[0]
         if self.trajs.shape[0] != S or self.trajs.shape[-1] != 2:
             raise ValueError(f"trajs must be S,N,2 with S={S}, got {self.trajs.shape}")
         N = self.trajs.shape[1]
@@ -41,7 +79,7 @@ class ClipSample:
 
 
 class ClipBatch(NamedTuple):
-    rgbs: torch.Tensor  # B,S,3,H,W uint8
+    rgbs: torch.Tensor  # B,S,H,W,3 uint8
     trajs: torch.Tensor  # B,S,N,2
     visibs: torch.Tensor  # B,S,N
     valids: torch.Tensor  # B,S,N
@@ -59,7 +97,8 @@ def collate_clips(samples: list[ClipSample]) -> ClipBatch:
 
 class UnreadableSequence(ValueError):
     """A sequence or clip whose files turned out unreadable when it was read; the message names the file.
-    Long jobs skip it with a warning and count it."""
+    Long jobs skip it with a warning and count it. (What a reader finds unreadable while indexing it leaves
+    out, with one warning each, and lists in its `skipped`.)"""
 
 
 @dataclass

@@ -493,7 +493,7 @@ class SyntheticClips(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> ClipSample:
-        """A fresh scene: rgbs S,3,H,W uint8 at crop_size, trajs S,N,2 (x,y pixels), visibs/valids S,N,
+        """A fresh scene: rgbs S,H,W,3 uint8 at crop_size, trajs S,N,2 (x,y pixels), visibs/valids S,N,
         every point visible and valid at frame 0."""
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} clips")
@@ -501,13 +501,13 @@ class SyntheticClips(Dataset):
         H, W = self.crop_size
         scene = make_scene(self.S, H, W, rng, num_points=6 * self.N, point_frames=(0,))
         tracks = scene_tracks(scene)
-        rgbs = np.empty((self.S, 3, H, W), np.uint8)
+        rgbs = np.empty((self.S, H, W, 3), np.uint8)
         visibs = np.empty_like(tracks.valids)  # S,P
         for t, (rgb, inst) in enumerate(iter_frames(scene)):
-            rgbs[t] = rgb.transpose(2, 0, 1)
+            rgbs[t] = rgb
             visibs[t] = visible_in(inst, tracks.trajs[t], tracks.valids[t], tracks.layer_ids)
         if self.use_augs:
-            rgbs = photometric_clip(rgbs.transpose(0, 2, 3, 1), rng).transpose(0, 3, 1, 2)
+            rgbs = photometric_clip(rgbs, rng)
         keep = select_points(visibs[0] * tracks.valids[0] > 0, tracks.layer_ids, self.N, rng)
         trajs = np.zeros((self.S, self.N, 2), np.float32)
         vis = np.zeros((self.S, self.N), np.float32)

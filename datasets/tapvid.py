@@ -2,6 +2,7 @@
 name -> {'video': T,H,W,3 uint8 RGB, 'points': N,T,2 float x,y normalised to [0,1], 'occluded': N,T bool}
 (a list of such dicts is accepted too; its videos are named by index)."""
 
+import logging
 import pickle
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from datasets.sample import EvalSequence
+
+logger = logging.getLogger(__name__)
 
 PICKLE_NAME = "tapvid_davis.pkl"
 
@@ -31,20 +34,36 @@ def _check_entry(name: str, entry: object, path: Path) -> tuple[np.ndarray, np.n
 
 
 class TapVidDavis(Dataset):
-    """One item per video, in the pickle's order; frames stay as loaded (full resolution)."""
+    """One item per video, in the pickle's order; frames stay as loaded (full resolution). Videos whose
+    entry is malformed are left out with one warning each and listed in `skipped`."""
 
     def __init__(self, dataset_location: str | Path) -> None:
         self.path = Path(dataset_location) / PICKLE_NAME
         if not self.path.is_file():
             raise FileNotFoundError(f"TAP-Vid-DAVIS pickle not found: {self.path}")
-        with open(self.path, "rb") as f:
-            data = pickle.load(f)
+        try:
+            with open(self.path, "rb") as f:
+                data = pickle.load(f)
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as err:
+            raise ValueError(f"cannot read {self.path}: truncated or not a pickle ({err})") from None
         if isinstance(data, dict):
-            self.names, self.entries = [str(k) for k in data], list(data.values())
+            names, entries = [str(k) for k in data], list(data.values())
         elif isinstance(data, list):
-            self.names, self.entries = [f"{i:03d}" for i in range(len(data))], data
+            names, entries = [f"{i:03d}" for i in range(len(data))], data
         else:
             raise ValueError(f"{self.path} holds a {type(data).__name__}, expected a dict of videos")
+        self.names, self.entries, self.skipped = [], [], []
+        for name, entry in zip(names, entries):
+            try:
+                _check_entry(name, entry, self.path)
+            except ValueError as err:
+                logger.warning("skipping %s", err)
+                self.skipped.append(str(err))
+                continue
+            self.names.append(name)
+            self.entries.append(entry)
+        if not self.entries:
+            raise ValueError(f"{self.path}: no readable video ({len(self.skipped)} skipped)")
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -85,6 +85,46 @@ def sample_corr_level(
     return window.transpose(-1, -2).reshape(BS, targets.shape[1], -1)  # BS,N,(2R+1)^2
 
 
+SELF_CHECK_TOLERANCE = 1e-4  # largest error relative to the largest value; float32 rounding is ~1e-6
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1.0)).item()
+
+
+def fused_disagreement(
+    device: torch.device, channels: int, templates: int, levels: int, radius: int, backward: bool
+) -> str | None:
+    """How the fused kernel disagrees with the PyTorch path on `device`, or None if it agrees.
+
+    Both run, in float32, on a small random problem shaped like the model's (channels, templates, pyramid
+    levels, radius), with windows inside, across and beyond the border of the maps; with `backward`, the
+    gradients of the features and templates are compared too.
+    """
+    g = torch.Generator().manual_seed(0)
+    S, N = 2, 5
+    H, W = 3 * 2 ** (levels - 1), 4 * 2 ** (levels - 1)  # the coarsest level is still 3x4
+    fmaps = torch.randn(1, S, channels, H, W, generator=g).to(device).requires_grad_(backward)
+    targets = torch.randn(templates, 1, S, N, channels, generator=g).to(device).requires_grad_(backward)
+    coords = (torch.rand(1, S, N, 2, generator=g) * torch.tensor([W + 8.0, H + 8.0]) - 4).to(device)
+    weights = torch.randn(1, S, N, templates * levels * (2 * radius + 1) ** 2, generator=g).to(device)
+    paths = (
+        lambda pyramid: corr_triton.fused_corr(pyramid, targets, coords, radius),
+        lambda pyramid: torch.cat([CorrBlock(pyramid, radius).sample(t, coords) for t in targets], dim=-1),
+    )
+    results = []
+    with torch.enable_grad() if backward else torch.no_grad():
+        for path in paths:
+            out = path(build_pyramid(fmaps, levels))  # B,S,N,T*L*(2R+1)^2
+            grads = torch.autograd.grad((out * weights).sum(), [fmaps, targets]) if backward else []
+            results.append([out.detach(), *grads])
+    for name, fused, exact in zip(("forward", "feature gradients", "template gradients"), *results):
+        error = _relative_error(fused, exact)
+        if not error <= SELF_CHECK_TOLERANCE:
+            return f"{name} off by {error:.2g} relative to the PyTorch path on {device}"
+    return None
+
+
 class CorrBlock:
     """Correlation of per-frame template features with a feature pyramid, sampled around coords.
 
@@ -113,12 +153,31 @@ class CorrBlock:
         return torch.cat(out, dim=-1)  # B,S,N,L*(2R+1)^2
 
     def sample_concat(self, targets: Sequence[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
-        """T templates, each B,S,N,C, at coords B,S,N,2 -> B,S,N,T*L*(2R+1)^2, the `sample`s concatenated."""
+        """T templates, each B,S,N,C, at coords B,S,N,2 -> B,S,N,T*L*(2R+1)^2, the `sample`s concatenated.
+
+        The fused kernel is used only once it has agreed with this PyTorch path on the device (forward, and
+        backward when gradients are needed); a kernel that fails to build or disagrees is switched off.
+        """
         if self.fused and corr_triton.available(coords) and not coords.requires_grad:
+            backward = torch.is_grad_enabled() and any(t.requires_grad for t in [*targets, *self.pyramid])
             try:
-                return corr_triton.fused_corr(self.pyramid, torch.stack(list(targets)), coords, self.radius)
+                if self._fused_proven(targets, coords.device, backward):
+                    stacked = torch.stack(list(targets))  # T,B,S,N,C
+                    return corr_triton.fused_corr(self.pyramid, stacked, coords, self.radius)
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as error:  # the kernel does not build or run here: fall back, once, loudly
-                corr_triton.disable(error)
+                corr_triton.disable(f"{type(error).__name__}: {error}")
         return torch.cat([self.sample(t, coords) for t in targets], dim=-1)
+
+    def _fused_proven(self, targets: Sequence[torch.Tensor], device: torch.device, backward: bool) -> bool:
+        """Whether the fused kernel agrees with the PyTorch path on `device`, checked on first use."""
+        if not corr_triton.needs_check(device, backward):
+            return True
+        shape = (targets[0].shape[-1], len(targets), len(self.pyramid), self.radius)
+        problem = fused_disagreement(device, *shape, backward)
+        if problem is not None:
+            corr_triton.disable(f"it failed its check: {problem}")
+            return False
+        corr_triton.passed_check(device, backward)
+        return True

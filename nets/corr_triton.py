@@ -9,11 +9,14 @@ feature dtype. The backward pass gives gradients for the features (atomic adds, 
 is not deterministic) and the templates; the coordinates take none (the model detaches them).
 
 Without Triton, `available` is False and the model keeps the PyTorch path. With TRITON_INTERPRET=1 set
-before import, the kernels run on CPU tensors through Triton's interpreter.
+before import, the kernels run on CPU tensors through Triton's interpreter (and are available there).
+Before the kernel is trusted on a device, nets/corr.py checks it against the PyTorch path; the state of
+that check lives here, one per process.
 """
 
 import logging
 import math
+import os
 
 import torch
 
@@ -24,20 +27,33 @@ except ImportError:
     triton = None
 
 log = logging.getLogger(__name__)
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # kernels run on CPU tensors, in Triton's interpreter
 _failure: str | None = None  # why the kernel was switched off in this process, if it was
+_checked: set[tuple[str, bool]] = set()  # (device, with backward) where the kernel agreed with PyTorch
 
 
 def available(t: torch.Tensor) -> bool:
-    """Whether the fused kernel can run on `t`'s device (CUDA with Triton importable, not switched off)."""
-    return triton is not None and t.is_cuda and _failure is None
+    """Whether the fused kernel can run on `t`'s device (CUDA with Triton importable, or any device under
+    the interpreter) and has not been switched off."""
+    return triton is not None and (t.is_cuda or INTERPRETED) and _failure is None
 
 
-def disable(error: BaseException) -> None:
-    """Switch the kernel off for this process after it failed to build or launch (say, a Triton that does
-    not support this GPU or driver); the model goes on with the PyTorch path, which computes the same."""
+def needs_check(device: torch.device, backward: bool) -> bool:
+    """Whether the kernel has yet to prove itself on `device` (forward, and backward if asked): a passed
+    check with backward covers the forward too."""
+    return (str(device), True) not in _checked and (str(device), backward) not in _checked
+
+
+def passed_check(device: torch.device, backward: bool) -> None:
+    _checked.add((str(device), backward))
+
+
+def disable(reason: str) -> None:
+    """Switch the kernel off for this process: it failed to build or launch (say, a Triton that does not
+    support this GPU or driver) or disagreed with the PyTorch path, which the model goes on with."""
     global _failure
-    _failure = f"{type(error).__name__}: {error}"
-    log.warning("fused correlation kernel failed (%s); using the PyTorch path from now on", _failure[:500])
+    _failure = reason
+    log.warning("fused correlation kernel switched off (%s); using the PyTorch path instead", reason[:500])
 
 
 if triton is not None:

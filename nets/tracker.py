@@ -42,10 +42,6 @@ class Tracks(NamedTuple):
     vis: torch.Tensor | None = None  # B,T,N visibility logits
     conf: torch.Tensor | None = None  # B,T,N confidence logits
 
-    def flip(self) -> "Tracks":
-        """The same in reversed time."""
-        return Tracks(*(None if x is None else x.flip(1) for x in self))
-
 
 class _ReversedFrames:
     """Local time i of this source is frame `last - i` of the base source."""
@@ -168,14 +164,13 @@ def track(
         fwd = track_from_first_frame(model, _ShiftedFrames(source, t), xy, S, iters, progress)  # B,T-t,n,..
         back = track_from_first_frame(model, _ReversedFrames(source, t), xy, S, iters, progress)  # B,t+1,n,..
         b_idx, j_idx = keep.nonzero(as_tuple=True)
-        for i, (before, after) in enumerate(zip(back.flip(), fwd, strict=True)):
-            # a pass over the query frame alone calls no model, so it has no logits: the other pass covers all
-            if before is None or after is None:
-                seg = after if before is None else before
-                if seg is None:
-                    continue
-            else:
-                seg = torch.cat([before, after[:, 1:]], dim=1)  # B,T',n,...
+        for i, (back_i, fwd_i) in enumerate(zip(back, fwd, strict=True)):
+            if back_i is None and fwd_i is None:
+                continue
+            # a pass over a single frame (the query's own) calls no model: take that frame from the other
+            before = back_i.flip(1) if back_i is not None else fwd_i[:, :1]  # frames 0..t
+            after = fwd_i[:, 1:] if fwd_i is not None else before[:, :0]  # frames t+1..
+            seg = torch.cat([before, after], dim=1)  # B,T',n,...
             if result is None:
                 result = [None, None, None]
             if result[i] is None:

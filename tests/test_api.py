@@ -268,7 +268,7 @@ def test_build_model_for_each_job(tmp_path, monkeypatch) -> None:
     torch.manual_seed(3)
     save(tmp_path, Pips(), step=12)
     model = build_model(tmp_path, torch.device("cpu"), job="train", log=lines.append)
-    assert lines[-1] == f"model: {tmp_path} (step 12) on cpu" and model.training
+    assert lines[-1] == f"model: {tmp_path / 'model-000000012.pth'} (step 12) on cpu" and model.training
     with pytest.raises(ValueError, match="job must be one of \\('infer', 'train'\\), got 'eval'"):
         build_model(None, "cpu", job="eval")
     asked = []

@@ -9,7 +9,7 @@ import benchmark
 from benchmark import Config
 from datasets.sample import collate_clips
 from datasets.synthetic import SyntheticClips
-from nets.pips2 import Pips
+from nets.pips2 import Pips, frames_to_rgbs
 from utils import checkpoint
 from utils.metrics import compute_pips_metrics
 
@@ -130,7 +130,7 @@ def test_agreement_compares_the_paths_on_saved_weights(tmp_path: Path) -> None:
     with torch.no_grad():
         for i in range(2):
             rgbs, trajs_g, _, valids = collate_clips([data[i]])
-            trajs_e = model(trajs_g[:, :1].expand_as(trajs_g), rgbs.float(), iters=1).tracks
+            trajs_e = model(trajs_g[:, :1].expand_as(trajs_g), frames_to_rgbs(rgbs), iters=1).tracks
             d_avg.append(compute_pips_metrics(trajs_e, trajs_g, valids, 64, 64)["d_avg"])
     assert a["d_avg_exact"] == pytest.approx(sum(d_avg) / 2, abs=1e-9)
     # bf16 rounding moves the random-weight tracks a little, but not by whole frames

@@ -1,7 +1,9 @@
+import argparse
 import io
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,8 +115,8 @@ def test_listing_orders_by_step_and_ignores_other_files(tmp_path: Path) -> None:
     names = [p.name for p in checkpoint.list_checkpoints(tmp_path)]
     assert names == ["model-000000003.pth", "model-000000020.pth", "model-000000100.pth"]
     assert checkpoint.latest_checkpoint(tmp_path) == tmp_path / "model-000000100.pth"
-    assert checkpoint.resolve(tmp_path) == tmp_path / "model-000000100.pth"
-    assert checkpoint.resolve(tmp_path / "model-000000003.pth") == tmp_path / "model-000000003.pth"
+    assert checkpoint.read_newest(tmp_path)[0] == tmp_path / "model-000000100.pth"
+    assert checkpoint.read_newest(tmp_path / "model-000000003.pth")[0] == tmp_path / "model-000000003.pth"
 
 
 def test_keep_latest_and_directory_picks_highest_step(tmp_path: Path) -> None:
@@ -235,6 +237,55 @@ def test_parameter_table_total() -> None:
 
 def test_load_weights_points_at_download_script(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="reference_model. Run ./get_reference_model.sh"):
-        checkpoint.load_weights(tmp_path / "reference_model", Pips())
+        checkpoint.read_weights(tmp_path / "reference_model")
     path = checkpoint.save(tmp_path, Tiny(), step=9)
-    assert checkpoint.load_weights(path, Tiny(seed=4)) == 9
+    found, state = checkpoint.read_weights(path)
+    assert found == path and state["step"] == 9 and same_state(state["model_state_dict"], Tiny().state_dict())
+
+
+def test_directory_load_falls_back_to_newest_intact_checkpoint(tmp_path: Path, caplog) -> None:
+    for step in (1, 2, 3):
+        checkpoint.save(tmp_path, Tiny(seed=step), step=step)
+    newest = tmp_path / "model-000000003.pth"
+    newest.write_bytes(newest.read_bytes()[:1000])  # a disk that filled up after the rename
+    (tmp_path / "model-000000004.pth").write_text("not a checkpoint")
+    fresh = Tiny(seed=5)
+    with caplog.at_level("WARNING", logger="utils.checkpoint"):
+        assert checkpoint.load(tmp_path, fresh) == 2
+    assert same_state(fresh.state_dict(), Tiny(seed=2).state_dict())
+    assert "model-000000004.pth is not a checkpoint" in caplog.text
+    assert "model-000000003.pth: the file is truncated or corrupt" in caplog.text
+    for step in (1, 2):
+        (tmp_path / f"model-{step:09d}.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match="none of the 4 checkpoints in .* can be read"):
+        checkpoint.load(tmp_path, Tiny())
+
+
+def test_save_removes_leftovers_of_a_killed_save_and_follows_umask(tmp_path: Path) -> None:
+    (tmp_path / ".model-000000001-4242.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / ".model-k2zq9v.tmp").write_bytes(b"half a checkpoint, older naming")
+    (tmp_path / "notes.tmp").write_text("not ours")
+    old = os.umask(0o027)
+    try:
+        path = checkpoint.save(tmp_path, Tiny(), step=2)
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-000000002.pth", "notes.tmp"]
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_files_that_are_not_checkpoints_say_so(tmp_path: Path) -> None:
+    text, npz, pickled = tmp_path / "garbage.pth", tmp_path / "arrays.pth", tmp_path / "objects.pth"
+    text.write_text("hello\n" * 100)
+    with open(npz, "wb") as f:
+        np.savez(f, x=np.zeros(3))
+    torch.save({"model_state_dict": {}, "args": argparse.Namespace(lr=1e-3)}, pickled)
+    cases = {
+        text: "garbage.pth is not a checkpoint \\(not a file written by torch.save\\)$",
+        npz: "arrays.pth is not a checkpoint \\(a zip archive not written by torch.save\\)$",
+        pickled: "objects.pth holds Python objects other than tensors and plain values",
+    }
+    for path, message in cases.items():
+        with pytest.raises(ValueError, match=message) as err:
+            checkpoint.load(path, Tiny())
+        assert "weights_only" not in str(err.value) and err.value.__cause__ is None

@@ -1,10 +1,37 @@
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from utils.cli import explain_flags
+import pytest
+import torch
+
+from utils.cli import UsageError, explain_flags, one_line, parse_flags, run, usage
 
 REPO = Path(__file__).parent.parent
+SCRIPTS = (
+    "train.py",
+    "export_mp4_dataset.py",
+    "make_synthetic_dataset.py",
+    "test_on_pod.py",
+    "test_on_tap.py",
+    "test_on_cro.py",
+    "demo.py",
+    "benchmark.py",
+)
+
+
+def toy(
+    *,
+    B: int | None = None,  # clips per batch
+    lr: float = 5e-4,  # peak learning rate
+    crop_size: tuple[int, int] = (256, 384),  # H,W of the clips
+    resume: bool = False,  # continue the run
+    splits: str | tuple[str, ...] = "train,val",  # comma-separated split names
+    run_name: str = "",
+) -> dict:
+    """Train."""
+    return dict(locals())
 
 
 def test_flags_documented_from_comments() -> None:
@@ -20,9 +47,164 @@ def test_flags_documented_from_comments() -> None:
     assert main.__doc__ == "Train.\n\nArgs:\n    lr: peak learning rate\n    crop_size: H,W of the clips\n"
 
 
-def test_train_help_explains_flags() -> None:
-    out = subprocess.run(
-        [sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+def test_values_follow_the_annotations() -> None:
+    argv = [
+        "--B",
+        "2",
+        "--lr=1e-3",
+        "--crop-size",
+        "128, 192",
+        "--resume",
+        "--splits",
+        "a,b",
+        "--run_name",
+        "2024",
+    ]
+    assert parse_flags(toy, argv) == {
+        "B": 2,
+        "lr": 1e-3,
+        "crop_size": (128, 192),
+        "resume": True,
+        "splits": "a,b",
+        "run_name": "2024",  # text stays text
+    }
+    assert parse_flags(toy, ["-B", "none", "--noresume"]) == {"B": None, "resume": False}
+    assert parse_flags(toy, ["--resume", "false", "--lr", "-1"]) == {"resume": False, "lr": -1.0}
+    assert parse_flags(toy, ["--B", "4", "--B", "2"]) == {"B": 2}  # the last wins, as wrappers expect
+    assert parse_flags(toy, ["--run_name", ""]) == {"run_name": ""}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--crop_size", "128x192"], "--crop_size takes H,W (two integers, e.g. 256,384), got '128x192'"),
+        (["--crop_size", "1,2,3"], "--crop_size takes H,W"),
+        (["--B", "1.5"], "--B takes an integer or none, got '1.5'"),
+        (["--lr", "fast"], "--lr takes a number, got 'fast'"),
+        (["--lr"], "--lr needs a value (FLOAT)"),
+        (["--resume", "maybe"], "unexpected argument 'maybe'"),
+        (["--ler", "1"], "unknown flag --ler; did you mean --lr?"),
+        (["-lr", "1"], "unknown flag -lr; did you mean --lr?"),
+        (["--zzz"], "unknown flag --zzz (--help lists the flags)"),
+    ],
+)
+def test_bad_flags_are_refused(argv: list[str], message: str) -> None:
+    with pytest.raises(
+        UsageError, match="^" + message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")
+    ):
+        parse_flags(toy, argv)
+
+
+def test_usage_lists_types_comments_and_defaults() -> None:
+    text = usage(toy, "toy.py")
+    assert text.startswith("usage: python toy.py [--flag value ...]")
+    assert "--crop_size H,W" in text and "H,W of the clips (default: (256, 384))" in text
+    assert "--B INT" in text and "clips per batch\n" in text  # a None default is not shown
+    assert "--resume " in text and "--debug" in text and "-h, --help" in text
+
+
+def test_error_from_a_dataloader_worker_is_its_own_message() -> None:
+    def fail(items: list[int]) -> None:
+        raise ValueError(f"export folder x:\n no readable clip left ({items[0]})")
+
+    loader = torch.utils.data.DataLoader(list(range(2)), num_workers=1, collate_fn=fail)
+    with pytest.raises(ValueError) as err:
+        next(iter(loader))
+    assert "Original Traceback" in str(err.value)
+    assert one_line(err.value) == "export folder x: no readable clip left (0)"
+
+
+def test_user_errors_end_in_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys) -> None:
+    def missing(*, path: str = "x") -> None:
+        raise FileNotFoundError(f"no such file:\n  {path}")
+
+    def bug(*, n: int = 0) -> None:
+        raise TypeError("a bug")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run(missing, ["--path", "data/a.npz"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == "error: no such file: data/a.npz\n"
+    with pytest.raises(TypeError, match="a bug"):
+        run(bug, [])
+
+    def stopped(*, n: int = 0) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        run(stopped, [])
+    assert exit_info.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+    with pytest.raises(FileNotFoundError):
+        run(missing, ["--debug"])
+    monkeypatch.setenv("PIPS_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        run(missing, [])
+
+
+def test_every_script_has_help_and_refuses_unknown_flags() -> None:
+    # one interpreter for all scripts: each runs as __main__ with -h, with --help and with a mistyped flag
+    cases = [(script, argv) for script in SCRIPTS for argv in (["-h"], ["--help"], ["--seeed", "1"])]
+    cases += [("export_mp4_dataset.py", ["--crop_size", "128x192"]), ("demo.py", ["--max_frame", "4"])]
+    child = f"""
+import runpy, sys
+for script, argv in {cases!r}:
+    print("==", script, argv[0], flush=True)
+    sys.argv = [script, *argv]
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as e:
+        print("exit", e.code)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", child], cwd=REPO, capture_output=True, text=True, timeout=300
     )
-    text = out.stdout + out.stderr
-    assert "peak learning rate of AdamW" in text and "--resume" in text
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = dict(chunk.split("\n", 1) for chunk in proc.stdout.split("== ")[1:])
+    for script in SCRIPTS:
+        for flag in ("-h", "--help"):
+            assert runs[f"{script} {flag}"].startswith(f"usage: python {script} [--flag value ...]")
+            assert "-h, --help" in runs[f"{script} {flag}"]
+        assert runs[f"{script} --seeed"] == "exit 2\n"
+    assert runs["export_mp4_dataset.py --crop_size"] == runs["demo.py --max_frame"] == "exit 2\n"
+    assert "error: --crop_size takes H,W (two integers, e.g. 256,384), got '128x192'" in proc.stderr
+    assert "error: unknown flag --max_frame; did you mean --max_frames?" in proc.stderr
+    assert proc.stderr.count("error: unknown flag --seeed") == len(SCRIPTS)
+    assert "error: unknown flag --seeed; did you mean --seed?" in proc.stderr
+    assert (
+        "--lr FLOAT" in runs["train.py --help"] and "peak learning rate of AdamW" in runs["train.py --help"]
+    )
+
+
+def test_mistyped_flag_stops_before_any_work(tmp_path: Path) -> None:
+    began = time.monotonic()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--max_iters",
+            "1",
+            "--ckpt_dir",
+            str(tmp_path),
+            "--log_dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert time.monotonic() - began < 10
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "error: unknown flag --max_iters; did you mean --max_steps?\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_make_synthetic_dataset_help_is_not_height(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "make_synthetic_dataset.py", "-h", "--out", str(tmp_path / "d")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and "--height INT" in proc.stdout and not (tmp_path / "d").exists()

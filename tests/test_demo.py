@@ -55,8 +55,11 @@ def test_drawing_in_chunks_equals_drawing_at_once(tmp_path) -> None:
     rng = np.random.default_rng(0)
     tracks = np.cumsum(rng.normal(0, 2, (11, 5, 2)), axis=0) + [24, 16]  # T,N,2 random walks
     colors = rng.integers(0, 256, (5, 3), dtype=np.uint8)
-    whole = np.concatenate(list(drawn_frames(str(video), tracks, colors, trail=4, radius=2, chunk=64)))
-    chunked = list(drawn_frames(str(video), tracks, colors, trail=4, radius=2, chunk=3))
+    visible = rng.random((11, 5)) > 0.3  # T,N: hidden points drawn hollow
+    whole = np.concatenate(
+        list(drawn_frames(str(video), tracks, visible, colors, trail=4, radius=2, chunk=64))
+    )
+    chunked = list(drawn_frames(str(video), tracks, visible, colors, trail=4, radius=2, chunk=3))
     assert [len(c) for c in chunked] == [3, 3, 3, 2] and whole.shape == (11, 32, 48, 3)
     np.testing.assert_array_equal(np.concatenate(chunked), whole)
     assert np.abs(whole.astype(int) - read_frames(video)).max() > 100

@@ -21,7 +21,7 @@ from datasets.exportdataset import (
     release_clip,
     write_clip,
 )
-from datasets.sample import ClipSample
+from datasets.sample import ClipSample, UnreadableMarks
 from utils.video import write_video
 
 S, N, H, W = 6, 10, 32, 48
@@ -33,11 +33,11 @@ def make_sample(seed: int, num_points: int = N, num_frames: int = S) -> ClipSamp
     and whose blue level encodes the seed, with random tracks."""
     rng = np.random.default_rng(seed)
     ys, xs = np.mgrid[0:H, 0:W]
-    rgbs = np.zeros((num_frames, 3, H, W), dtype=np.uint8)
+    rgbs = np.zeros((num_frames, H, W, 3), dtype=np.uint8)
     for t in range(num_frames):
-        rgbs[t, 0] = 40 + 30 * t
-        rgbs[t, 1] = 2 * xs + ys
-        rgbs[t, 2] = 20 + 10 * seed
+        rgbs[t, ..., 0] = 40 + 30 * t
+        rgbs[t, ..., 1] = 2 * xs + ys
+        rgbs[t, ..., 2] = 20 + 10 * seed
     return ClipSample(
         rgbs=rgbs,
         trajs=rng.uniform(0, W - 1, (num_frames, num_points, 2)).astype(np.float32),
@@ -55,7 +55,7 @@ def make_export(root: Path, num_clips: int, num_points: int = N) -> Path:
 
 
 def stack_rgbs(batch: list[ClipSample]) -> np.ndarray:
-    return np.stack([s.rgbs for s in batch])  # B,S,3,H,W
+    return np.stack([s.rgbs for s in batch])  # B,S,H,W,3
 
 
 def test_round_trip_through_export_dataset(tmp_path):
@@ -64,7 +64,7 @@ def test_round_trip_through_export_dataset(tmp_path):
     assert len(ds) == 3 and [p.name for p in ds.clips] == ["000000", "000001", "000002"]
     for i in range(3):
         written, item = make_sample(i, N + 5), ds[i]
-        assert item.rgbs.shape == (S, 3, H, W) and item.rgbs.dtype == np.uint8
+        assert item.rgbs.shape == (S, H, W, 3) and item.rgbs.dtype == np.uint8
         assert np.abs(item.rgbs.astype(int) - written.rgbs).mean() < 2  # RGB order kept
         # a subset of N distinct points, with their x, y, vis, valid kept together
         match = (item.track_g[:, :, None] == written.track_g[:, None]).all(axis=(0, 3))  # N,N'
@@ -94,7 +94,7 @@ def test_clear_errors_for_missing_or_mismatched_exports(tmp_path):
     with pytest.raises(FileNotFoundError, match="no export folder"):
         ExportDataset(str(tmp_path), VERSION)
     (tmp_path / VERSION).mkdir()
-    with pytest.raises(FileNotFoundError, match="holds no clips"):
+    with pytest.raises(FileNotFoundError, match="holds no complete clips"):
         ExportDataset(str(tmp_path), VERSION)
     (tmp_path / VERSION).rmdir()
     make_export(tmp_path, 1)
@@ -107,25 +107,34 @@ def test_clear_errors_for_missing_or_mismatched_exports(tmp_path):
 
 
 def test_corrupted_clips_are_reported_once_and_replaced(tmp_path, caplog):
-    out_dir = make_export(tmp_path, 4)
+    out_dir = make_export(tmp_path, 5)
     (clip_dir(out_dir, 1) / "rgb.mp4").write_bytes(b"not a video")
-    write_video(clip_dir(out_dir, 2) / "rgb.mp4", make_sample(2).rgbs[:3].transpose(0, 2, 3, 1))  # short
-    ds = ExportDataset(str(tmp_path), VERSION, S=S, N=N, crop_size=(H, W))
+    write_video(clip_dir(out_dir, 2) / "rgb.mp4", make_sample(2).rgbs[:3])  # short
+    (clip_dir(out_dir, 4) / "track.npz").unlink()  # incomplete: left out at indexing
     seeds = set()
-    with caplog.at_level(logging.WARNING, logger="datasets.exportdataset"):
+    with caplog.at_level(logging.WARNING):
+        ds = ExportDataset(str(tmp_path), VERSION, S=S, N=N, crop_size=(H, W))
         for epoch in range(3):
             ds.set_epoch(epoch)
             for batch in DataLoader(ds, batch_size=2, collate_fn=stack_rgbs):
-                assert batch.shape == (2, S, 3, H, W)
+                assert batch.shape == (2, S, H, W, 3)
                 assert (batch.reshape(2, -1).max(axis=1) > 0).all()  # never an all-zero placeholder
-                seeds.update(int(round((v - 20) / 10)) for v in batch[:, 0, 2].mean(axis=(1, 2)))
+                seeds.update(int(round((v - 20) / 10)) for v in batch[:, 0, ..., 2].mean(axis=(1, 2)))
+    assert ds.skipped == [f"clip {clip_dir(out_dir, 4)}: no track.npz"]
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 2, messages
-    assert any("000001" in m and "unreadable rgb.mp4" in m for m in messages)
-    assert any("000002" in m and "short rgb.mp4" in m and "3 frames, expected 6" in m for m in messages)
+    assert len(messages) == 3, messages
+    assert f"skipping 000001: unreadable {clip_dir(out_dir, 1) / 'rgb.mp4'}" in messages[1]
+    assert f"skipping 000002: short {clip_dir(out_dir, 2) / 'rgb.mp4'}: 3 frames, expected 6" in messages[2]
     assert seeds == {0, 3}
-    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=stack_rgbs)
+    assert ds.unreadable.found() == ["000001", "000002"]
+    fresh = ExportDataset(str(tmp_path), VERSION, S=S, N=N, crop_size=(H, W))
+    loader = DataLoader(fresh, batch_size=2, num_workers=2, collate_fn=stack_rgbs)
     assert all((b.reshape(2, -1).max(axis=1) > 0).all() for b in loader)
+    assert fresh.unreadable.found() == ["000001", "000002"]  # found by the workers, seen here
+    for i in (0, 3):
+        (clip_dir(out_dir, i) / "track.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match="no clip can be read"):
+        ExportDataset(str(tmp_path), VERSION, S=S, N=N, crop_size=(H, W))
 
 
 def test_clip_folders_are_written_once_and_locks_exclude(tmp_path):
@@ -238,10 +247,12 @@ def test_export_end_to_end_resumes_and_refuses_other_settings(pod_root, expected
     assert "written 4, skipped 0, failed 0" in capsys.readouterr().out
     export_mp4_dataset.main(**dict(E2E, dataset_location=str(pod_root), out_root=str(tmp_path), max_clips=5))
     assert "written 1, skipped 4, failed 0" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="exported with other settings \\(seed"):
+    with pytest.raises(
+        ValueError, match=f"{out_dir} holds clips of another export \\(seed 3 there, seed 4 now\\)"
+    ):
         export_mp4_dataset.main(**dict(E2E, dataset_location=str(pod_root), out_root=str(tmp_path), seed=4))
     sample = ExportDataset(str(tmp_path), E2E_VERSION, S=8, N=16, crop_size=(64, 96), use_augs=True)[4]
-    assert sample.rgbs.shape == (8, 3, 64, 96) and sample.trajs.shape == (8, 16, 2)
+    assert sample.rgbs.shape == (8, 64, 96, 3) and sample.trajs.shape == (8, 16, 2)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to see the workers die")
@@ -282,6 +293,10 @@ def test_concurrent_exporters_write_each_clip_once(pod_root, expected_tracks, tm
 class FlakySource:
     """Stands in for PointOdysseyDataset: clip 1 has too few valid points, clips 2 and 3 raise."""
 
+    sequences: list = []
+    skipped = ["seq9/anno.npz: not a readable .npz file"]
+    unreadable = UnreadableMarks(["seq7"])
+
     def __len__(self) -> int:
         return 4
 
@@ -300,6 +315,21 @@ def test_export_counts_and_summarises_failures(tmp_path, monkeypatch, capsys):
     export_mp4_dataset.main(**dict(E2E, crop_size=(H, W), dataset_location="unused", out_root=str(tmp_path)))
     out = capsys.readouterr().out
     assert "written 1, skipped 0, failed 3" in out
+    assert "unreadable sequences skipped: 1\n  seq9/anno.npz: not a readable .npz file\n" in out
     assert "failed      2: RuntimeError: item #: unreadable frame" in out
     assert "failed      1: too few valid points" in out
     assert [p.name for p in list_clips(tmp_path / export_version("e2e", 8, 16, (H, W)))] == ["000000"]
+
+
+def test_a_selected_split_keeps_its_own_marks(tmp_path, caplog):
+    out_dir = make_export(tmp_path, 5)
+    (clip_dir(out_dir, 4) / "rgb.mp4").write_bytes(b"not a video")
+    full = ExportDataset(str(tmp_path), VERSION, S=S, N=N, crop_size=(H, W))
+    held_out = ExportDataset(str(tmp_path), VERSION, S=S, N=N, crop_size=(H, W))
+    held_out.select(slice(3, None))
+    assert [p.name for p in held_out.clips] == ["000003", "000004"]
+    seed = int(round((held_out[1].rgbs[0, ..., 2].mean() - 20) / 10))
+    assert seed == 3 and held_out.unreadable.found() == ["000004"] and full.unreadable.found() == []
+    (clip_dir(out_dir, 3) / "track.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match="no readable clip left"):
+        held_out[0]

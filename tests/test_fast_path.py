@@ -162,6 +162,53 @@ def test_fused_corr_matches_pytorch_in_interpreter() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def check_self_check_cases() -> None:
+    """Run in a child process started with TRITON_INTERPRET=1: the real kernel proves itself and is used; a
+    kernel 0.1% off in its forward, or in its backward only, is caught and switched off, and the PyTorch
+    path's result comes back."""
+    ct = nets.corr_triton
+    real_corr, real_backward = ct.fused_corr, ct._FusedCorr.backward
+    calls = []
+    ct.fused_corr = lambda *args: calls.append(1) or real_corr(*args)
+    pyramid, _, targets, coords = corr_case(1, 2, 3, 16, 13, 17, 4)
+    block = CorrBlock(pyramid, 3, fused=True)
+    expected = torch.cat([block.sample(t, coords) for t in targets], dim=-1)
+    out = block.sample_concat(targets, coords)
+    assert ct._failure is None and ct._checked == {("cpu", True)} and len(calls) == 2  # the check, the call
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+    ct._checked.clear()
+    ct.fused_corr = lambda *args: real_corr(*args) * 1.001
+    with torch.no_grad():
+        out = block.sample_concat(targets, coords)
+    assert ct._failure.startswith("it failed its check: forward off by 0.001 relative to the PyTorch path")
+    assert torch.equal(out, expected.detach()) and not ct.available(coords)
+
+    def wrong_backward(ctx, grad_out: torch.Tensor) -> tuple:  # noqa: ANN001
+        grad_targets, *rest = real_backward(ctx, grad_out)
+        return grad_targets * 1.001, *rest
+
+    ct._failure, ct.fused_corr = None, real_corr
+    ct._FusedCorr.backward = staticmethod(wrong_backward)
+    with torch.no_grad():
+        torch.testing.assert_close(block.sample_concat(targets, coords), expected.detach(), atol=1e-5, rtol=0)
+    assert ct._failure is None and ct._checked == {("cpu", False)}  # the forward agrees
+    out = block.sample_concat(targets, coords)
+    assert ct._failure.startswith("it failed its check: template gradients off by 0.001")
+    assert torch.equal(out, expected)
+
+
+def test_fused_kernel_proves_itself_in_interpreter() -> None:
+    pytest.importorskip("triton")
+    child = "from tests.test_fast_path import check_self_check_cases; check_self_check_cases()"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", child], cwd=root, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if "fused correlation kernel switched off" in line]
+    assert len(warnings) == 2 and all(w.endswith("; using the PyTorch path instead") for w in warnings)
+
+
 def test_fused_corr_unavailable_on_cpu() -> None:
     assert not nets.corr_triton.available(torch.zeros(1))
 
@@ -197,6 +244,7 @@ def test_failing_fused_kernel_falls_back_to_pytorch_once(monkeypatch, caplog) ->
         raise RuntimeError("no kernel image for this GPU")
 
     monkeypatch.setattr(nets.corr_triton, "_failure", None)
+    monkeypatch.setattr(nets.corr_triton, "_checked", set())
     monkeypatch.setattr(nets.corr_triton, "triton", object())  # as if Triton imported
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda t: True))
     monkeypatch.setattr(nets.corr_triton, "fused_corr", broken)

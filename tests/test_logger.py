@@ -6,7 +6,7 @@ import imageio.v3
 import numpy as np
 from tensorboardX.proto.event_pb2 import Event
 
-from utils.logger import Logger, RunningMeans
+from utils.logger import Logger, Pace, RunningMeans
 
 
 def read_values(event_file: Path) -> dict:
@@ -51,3 +51,16 @@ def test_disabled_logger_writes_nothing(tmp_path) -> None:
     log.scalars(0, {"x": 1.0})
     log.close()
     assert not (tmp_path / "off").exists()
+
+
+def test_pace_counts_recent_steps_and_tells_the_time_left(monkeypatch) -> None:
+    clock = iter([100.0, 102.0, 104.0, 106.0, 114.0])
+    monkeypatch.setattr("utils.logger.time.perf_counter", lambda: next(clock))
+    pace = Pace(window=2)  # t = 100
+    pace.tick()  # 102
+    assert pace.steps_per_s() == 0.5 and pace.eta(7200) == "4:00:00"
+    pace.tick()  # 104
+    pace.tick()  # 106: the window holds 102, 104, 106
+    assert pace.steps_per_s() == 0.5
+    pace.tick()  # 114: 104, 106, 114
+    assert pace.steps_per_s() == 0.2 and pace.eta(95) == "0:07:55"

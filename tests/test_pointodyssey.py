@@ -1,9 +1,11 @@
 import logging
+import zipfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from torch.utils.data import DataLoader
 
 import datasets.pointodyssey
 from datasets.pointodyssey import (
@@ -22,6 +24,7 @@ from datasets.pointodyssey import (
     motion_ok,
     outside,
 )
+from datasets.sample import UnreadableSequence
 from datasets.synthetic import make_scene, write_sequence
 
 T, H, W = 12, 96, 128
@@ -53,8 +56,8 @@ def _write_hand_sequence(seq_dir: Path, trajs: np.ndarray, visibs: np.ndarray, s
 
 def test_round_trip_both_schemas(tmp_path, pod_root):
     _write_split(tmp_path, "v1.0", count=1)
-    seq12 = list_sequences(pod_root, "train")[0]
-    seq10 = list_sequences(tmp_path, "train")[0]
+    seq12 = list_sequences(pod_root, "train").sequences[0]
+    seq10 = list_sequences(tmp_path, "train").sequences[0]
     assert seq12.anno_path.name == "anno.npz" and seq10.anno_path.name == "annotations.npz"
     assert (seq12.num_frames, seq12.num_points) == (seq10.num_frames, seq10.num_points)
     assert seq12.num_frames == T and seq12.has_masks
@@ -77,7 +80,7 @@ def test_v10_visibilities_map_to_valids_and_visibs(tmp_path):
     (seq / "anno.npz").unlink()
     v = np.array([[0, 1, 2]] * 3, np.float16)
     np.savez(seq / "annotations.npz", trajs_2d=np.zeros((3, 3, 2), np.float16), visibilities=v)
-    tracks = load_tracks(list_sequences(tmp_path, "test")[0])
+    tracks = load_tracks(list_sequences(tmp_path, "test").sequences[0])
     assert tracks.trajs.dtype == np.float32
     np.testing.assert_array_equal(tracks.visibs[0], [0, 1, 0])
     np.testing.assert_array_equal(tracks.valids[0], [1, 1, 0])
@@ -101,7 +104,9 @@ def test_bad_splits(tmp_path):
     with pytest.raises(FileNotFoundError, match="train"):
         list_sequences(tmp_path, "train")
     (tmp_path / "train" / "empty_seq").mkdir(parents=True)
-    with pytest.raises(ValueError, match="no sequences with annotations"):
+    with pytest.raises(
+        ValueError, match="has no readable sequence .1 skipped, e.g. sequence empty_seq: no anno"
+    ):
         list_sequences(tmp_path, "train")
 
 
@@ -109,11 +114,86 @@ def test_missing_annotations_skipped_with_warning(tmp_path, caplog):
     _write_hand_sequence(tmp_path / "val" / "good", np.ones((3, 2, 2), np.float32), np.ones((3, 2)))
     (tmp_path / "val" / "broken" / "rgbs").mkdir(parents=True)
     with caplog.at_level(logging.WARNING):
-        seqs = list_sequences(tmp_path, "val")
+        seqs, skipped = list_sequences(tmp_path, "val")
     assert [s.name for s in seqs] == ["good"]
-    assert "broken" in caplog.text
+    assert skipped == [f"sequence broken: no anno.npz or annotations.npz in {tmp_path / 'val' / 'broken'}"]
+    assert len(caplog.records) == 1
     with pytest.raises(FileNotFoundError, match="broken"):
         inspect_sequence(tmp_path / "val" / "broken")
+
+
+def _corrupt_split(root: Path) -> Path:
+    """Three sequences; the annotations of the middle one truncated as by a failed copy."""
+    _write_split(root, "v1.2", count=3)
+    anno = root / "train" / "seq1" / "anno.npz"
+    anno.write_bytes(anno.read_bytes()[:5000])
+    return anno
+
+
+def test_corrupt_annotations_leave_out_one_sequence(tmp_path, caplog):
+    anno = _corrupt_split(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        train = PointOdysseyDataset(tmp_path, "train", S=4, N=16, crop_size=(64, 96))
+        full = PointOdysseyFullSeq(tmp_path, "train")
+    for ds in (train, full):
+        assert [s.name for s in ds.sequences] == ["seq0", "seq2"]
+        (message,) = ds.skipped
+        assert message.startswith(f"{anno}: not a readable .npz file")
+    assert caplog.text.count(f"skipping {anno}: not a readable .npz file") == 2
+    assert train[0].rgbs.shape == (4, 64, 96, 3) and full[1].name == "seq2"
+
+
+def _spoil_frames(seq_dir: Path) -> None:
+    for frame in (seq_dir / "rgbs").iterdir():
+        frame.write_bytes(b"not a jpeg")
+
+
+def test_sequence_unreadable_when_read_is_replaced_and_shared_by_workers(pod_root, tmp_path, caplog):
+    _write_split(tmp_path, "v1.2", count=2)
+    make = dict(S=4, N=16, crop_size=(64, 96), seed=3)
+    ds = PointOdysseyDataset(tmp_path, "train", **make)
+    clean = [PointOdysseyDataset(pod_root, "train", **make)[i] for i in range(len(ds))]
+    _spoil_frames(tmp_path / "train" / "seq0")
+    items = [
+        item
+        for batch in DataLoader(ds, batch_size=2, num_workers=2, collate_fn=list)  # a worker finds seq0 bad
+        for item in batch
+    ]
+    assert ds.unreadable.found() == ["seq0"]  # seen from the main process
+    for item in items:
+        assert item.rgbs.shape == (4, 64, 96, 3) and item.rgbs.max() > 0
+    # items of seq1 (the second half of the index) are those of the intact copy
+    half = len(ds) // 2
+    for item, good in zip(items[half:], clean[half:]):
+        np.testing.assert_array_equal(item.trajs, good.trajs)
+    # knowing seq0 is bad changes no draw: a fresh reader that has to find out gives the same items
+    fresh = PointOdysseyDataset(tmp_path, "train", **make)
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_array_equal(fresh[0].trajs, items[0].trajs)
+        np.testing.assert_array_equal(fresh[1].trajs, items[1].trajs)
+    assert caplog.text.count("skipping seq0: cannot read image") == 1
+    _spoil_frames(tmp_path / "train" / "seq1")
+    with pytest.raises(ValueError, match="no readable sequence left .unreadable: seq0, seq1."):
+        fresh[half]
+
+
+def test_full_sequence_unreadable_when_read_raises(tmp_path):
+    _write_split(tmp_path, "v1.2", count=2)
+    ds = PointOdysseyFullSeq(tmp_path, "train")
+    _spoil_frames(tmp_path / "train" / "seq0")
+    with pytest.raises(
+        UnreadableSequence, match="sequence seq0: cannot read image .*seq0/rgbs/rgb_00000.jpg"
+    ):
+        ds[0]
+    anno = tmp_path / "train" / "seq1" / "anno.npz"
+    with zipfile.ZipFile(anno) as zf:
+        member = zf.getinfo("trajs_2d.npy")
+    data = bytearray(anno.read_bytes())
+    middle = member.header_offset + member.compress_size // 2
+    data[middle : middle + 64] = bytes(64)  # the array headers stay intact, the track data does not
+    anno.write_bytes(bytes(data))
+    with pytest.raises(UnreadableSequence, match=f"cannot read {anno}"):
+        ds[1]
 
 
 def test_frames_must_match_annotation_length(tmp_path):
@@ -229,7 +309,7 @@ def test_dataset_clip_index(pod_root):
 def test_dataset_samples(pod_root):
     ds = PointOdysseyDataset(pod_root, "train", S=6, N=48, crop_size=(64, 96), seed=1)
     a = ds[7]
-    assert a.rgbs.shape == (6, 3, 64, 96) and a.rgbs.dtype == np.uint8
+    assert a.rgbs.shape == (6, 64, 96, 3) and a.rgbs.dtype == np.uint8
     assert a.trajs.shape == (6, 48, 2) and a.trajs.dtype == np.float32
     real = a.valids.sum(0) > 0
     n = int(real.sum())
@@ -271,14 +351,14 @@ def test_use_augs_calls_augment_clip(pod_root, monkeypatch):
     ds = PointOdysseyDataset(pod_root, "train", S=4, N=16, crop_size=(64, 96), use_augs=True)
     sample = ds[0]
     assert calls and calls[0][0] == (4, H, W, 3) and calls[0][2] == (64, 96)
-    assert sample.rgbs.shape == (4, 3, 64, 96)
+    assert sample.rgbs.shape == (4, 64, 96, 3)
 
 
 def test_augmented_samples(pod_root):
     ds = PointOdysseyDataset(pod_root, "train", S=6, N=32, crop_size=(64, 96), use_augs=True, seed=2)
     for i in (0, 9):
         a = ds[i]
-        assert a.rgbs.shape == (6, 3, 64, 96) and a.trajs.shape == (6, 32, 2)
+        assert a.rgbs.shape == (6, 64, 96, 3) and a.trajs.shape == (6, 32, 2)
         n = int((a.valids.sum(0) > 0).sum())
         assert n >= 16 and np.all(a.visibs[:2, :n] == 1)
         np.testing.assert_array_equal(ds[i].rgbs, a.rgbs)

@@ -147,7 +147,7 @@ def test_select_points_spreads_over_layers():
 def test_synthetic_clips_deterministic_and_well_formed():
     ds = SyntheticClips(S=6, N=32, crop_size=(64, 96), length=5, seed=3)
     a, b = ds[2], ds[2]
-    assert a.rgbs.shape == (6, 3, 64, 96) and a.rgbs.dtype == np.uint8
+    assert a.rgbs.shape == (6, 64, 96, 3) and a.rgbs.dtype == np.uint8
     assert a.trajs.shape == (6, 32, 2) and a.visibs.shape == a.valids.shape == (6, 32)
     for name in ("rgbs", "trajs", "visibs", "valids"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
@@ -172,7 +172,7 @@ def test_streamed_clips_visibility_matches_their_pixels():
     ds = SyntheticClips(S=S, N=128, crop_size=(H, W), length=3, seed=2)
     diffs_vis, diffs_occ, outside = [], [], 0
     for clip in (ds[i] for i in range(len(ds))):
-        frames = clip.rgbs.transpose(0, 2, 3, 1)  # S,H,W,3
+        frames = clip.rgbs  # S,H,W,3
         start = _colours(frames[0], clip.trajs[0])
         x, y = clip.trajs[..., 0], clip.trajs[..., 1]
         in_frame = (x >= 0) & (x <= W - 1) & (y >= 0) & (y <= H - 1)  # S,N

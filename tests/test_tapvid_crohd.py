@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from datasets.crohd import CroHD, hold_while_occluded, read_labels
+from datasets.sample import UnreadableSequence
 from datasets.tapvid import TapVidDavis
 
 
@@ -45,9 +46,20 @@ def test_tapvid_errors_name_the_file_or_video(tmp_path: Path) -> None:
         TapVidDavis(tmp_path)
     bad = tapvid_entry()
     bad["occluded"] = bad["occluded"][:, :2]
+    write_pickle(tmp_path, {"bear": bad, "cows": tapvid_entry(), "dog": {"video": None}})
+    data = TapVidDavis(tmp_path)
+    assert len(data) == 1 and data[0].name == "cows"
+    assert data.skipped[0].endswith(
+        "video 'bear' needs points N,3,2 and occluded N,3, got (3, 3, 2) and (3, 2)"
+    )
+    assert data.skipped[1].endswith("video 'dog' needs the keys 'video', 'points' and 'occluded'")
     write_pickle(tmp_path, {"bear": bad})
-    with pytest.raises(ValueError, match="video 'bear' needs points N,3,2 and occluded N,3"):
-        TapVidDavis(tmp_path)[0]
+    with pytest.raises(ValueError, match="tapvid_davis.pkl: no readable video .1 skipped."):
+        TapVidDavis(tmp_path)
+    pkl = tmp_path / "tapvid_davis.pkl"
+    pkl.write_bytes(pkl.read_bytes()[:100])
+    with pytest.raises(ValueError, match="cannot read .*tapvid_davis.pkl: truncated or not a pickle"):
+        TapVidDavis(tmp_path)
 
 
 # CroHD: frames of H x W = 200 x 300; BORDER = 32 keeps centres in [32, 268] x [32, 168]
@@ -147,6 +159,24 @@ def test_crohd_errors(tmp_path: Path) -> None:
         read_labels(seq / "gt" / "gt.txt")
     with pytest.raises(ValueError, match="need 2 <= S_min <= S"):
         CroHD(tmp_path, S=100, S_min=200)
+    with pytest.raises(ValueError, match="no readable CroHD sequence .* .1 skipped."):
+        CroHD(tmp_path)
+
+
+def test_crohd_unreadable_sequences_are_left_out_or_raise(tmp_path: Path) -> None:
+    make_ht21(tmp_path, heads_rows(6), num_images=6)
+    make_ht21(tmp_path, heads_rows(6), num_images=6, name="HT21-02")
+    make_ht21(tmp_path, heads_rows(6), num_images=6, name="HT21-03")
+    labels = tmp_path / "HT21" / "train" / "HT21-02" / "gt" / "gt.txt"
+    labels.write_bytes(b"\x89PNG not labels")
+    data = CroHD(tmp_path, S=6, S_min=6)
+    assert [seq.name for seq in data.sequences] == ["HT21-01", "HT21-03"]
+    (message,) = data.skipped
+    assert message.startswith(f"{labels}: cannot read the labels")
+    (tmp_path / "HT21" / "train" / "HT21-03" / "img1" / "000001.jpg").write_bytes(b"")
+    assert data[0].name == "HT21-01_000000_000006"
+    with pytest.raises(UnreadableSequence, match="clip HT21-03 0-6: cannot read image .*000001.jpg"):
+        data[1]
 
 
 def test_hold_while_occluded_takes_the_last_visible_position() -> None:

@@ -195,3 +195,22 @@ def test_tracking_records_no_autograd_graph() -> None:
     xy = torch.ones(1, 1, 2, requires_grad=True)
     out = track_from_first_frame(GradModel(), TensorFrames(clock_video(1, 7)), xy, S=3)
     assert not out.tracks.requires_grad
+
+
+class ClockHeadModel(ClockModel):
+    """ClockModel with a visibility head whose logits are each frame's global index (and minus it)."""
+
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+        out = super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
+        stamps = rgbs[:, :, 0, 0, 0][..., None].expand(trajs_e0.shape[:3])  # B,S,N
+        return out._replace(vis=stamps.clone(), conf=-stamps)
+
+
+def test_head_logits_follow_their_frames_through_windows_and_backward_passes() -> None:
+    T = 13
+    queries = torch.tensor([[[0.0, 1.0, 1.0], [6.0, 2.0, 2.0], [12.0, 3.0, 3.0]]])
+    out = track(ClockHeadModel(), TensorFrames(clock_video(1, T)), queries, S=4, iters=1)
+    t = torch.arange(T, dtype=torch.float32)[None, :, None].expand(1, T, 3)
+    torch.testing.assert_close(out.vis, t)
+    torch.testing.assert_close(out.conf, -t)
+    assert track(ClockModel(), TensorFrames(clock_video(1, T)), queries, S=4, iters=1).vis is None

@@ -72,7 +72,7 @@ def test_overfits_one_fixed_batch() -> None:
     losses = []
     for _ in range(30):
         g = torch.Generator().manual_seed(0)  # the same initial tracks every step: a fixed problem
-        out = train.train_step(model, params, opt, itertools.repeat(batch), g, 2, 1, 5.0, "cpu")
+        out = train.train_step(model, params, opt, itertools.repeat(batch), g, 2, 1, 5.0, "cpu", 0.0)
         assert not out.skipped
         losses.append(out.loss)
     assert losses[-1] < 0.5 * losses[0], losses
@@ -87,7 +87,7 @@ def test_non_finite_loss_skips_the_step() -> None:
     opt = torch.optim.AdamW(params, lr=5e-4)
     before = [p.detach().clone() for p in params]
     out = train.train_step(
-        model, params, opt, iter([collate_clips([sample])]), torch.Generator(), 1, 1, 5.0, "cpu"
+        model, params, opt, iter([collate_clips([sample])]), torch.Generator(), 1, 1, 5.0, "cpu", 0.0
     )
     assert out.skipped
     assert all(torch.equal(a, b) for a, b in zip(before, params))
@@ -102,17 +102,17 @@ S_CODE, H_CODE, W_CODE = (
 
 def position_coded_batch() -> tuple[ClipBatch, torch.Tensor]:
     """B=2 clips of a canvas 6 high and 10 + 3 wide seen through a window moving 1 px/frame, with four points
-    on it -> the batch (B,S,3,H,W uint8 frames, tracks in the window) and the points' canvas x,y (B,N,2)."""
+    on it -> the batch (B,S,H,W,3 uint8 frames, tracks in the window) and the points' canvas x,y (B,N,2)."""
     yy, xx = np.mgrid[:H_CODE, : W_CODE + S_CODE]
-    canvas = np.stack([20 * xx + 5, 20 * yy + 5, np.full_like(xx, 99)]).astype(np.uint8)  # 3,H,W+S
-    rgbs = np.stack([canvas[:, :, s : s + W_CODE] for s in range(S_CODE)])  # S,3,H,W
+    canvas = np.stack([20 * xx + 5, 20 * yy + 5, np.full_like(xx, 99)], -1).astype(np.uint8)  # H,W+S,3
+    frames = np.stack([canvas[:, s : s + W_CODE] for s in range(S_CODE)])  # S,H,W,3
     canvas_xy = torch.tensor(
         [[[3.0, 1.0], [5.0, 4.0], [8.0, 2.0], [9.0, 5.0]], [[4.0, 0.0], [6.0, 3.0], [7.0, 5.0], [3.0, 2.0]]]
     )
     trajs = canvas_xy[:, None].repeat(1, S_CODE, 1, 1)  # B,S,N,2
     trajs[..., 0] -= torch.arange(S_CODE, dtype=torch.float32)[None, :, None]  # the window moves right
     ones = torch.ones(2, S_CODE, 4)
-    return ClipBatch(torch.from_numpy(rgbs)[None].repeat(2, 1, 1, 1, 1), trajs, ones, ones), canvas_xy
+    return ClipBatch(torch.from_numpy(frames)[None].repeat(2, 1, 1, 1, 1), trajs, ones, ones), canvas_xy
 
 
 class ColourSearch(torch.nn.Module):
@@ -140,16 +140,18 @@ def test_transpose_augmentation_keeps_the_tracks_on_their_pixels() -> None:
     seen = set()
     for seed in range(8):
         res = train.run_model(ColourSearch(), batch, 1, torch.Generator().manual_seed(seed), train=True)
-        rgbs, trajs_g = res.batch.rgbs, res.batch.trajs
-        transposed = rgbs.shape[-2:] == (W_CODE, H_CODE)
+        frames, trajs_g = res.batch.rgbs, res.batch.trajs  # B,S,H,W,3
+        transposed = frames.shape[2:4] == (W_CODE, H_CODE)
         seen.add(transposed)
-        assert transposed or rgbs.shape[-2:] == (H_CODE, W_CODE)
+        assert transposed or frames.shape[2:4] == (H_CODE, W_CODE)
         # under every ground-truth position, the frame the model is given shows that point's canvas colour
         x, y = trajs_g[..., 0].long(), trajs_g[..., 1].long()  # B,S,N
-        assert (x < rgbs.shape[-1]).all() and (y < rgbs.shape[-2]).all(), "the tracks leave the frames"
+        assert (x < frames.shape[3]).all() and (y < frames.shape[2]).all(), "the tracks leave the frames"
         b, s = torch.meshgrid(torch.arange(2), torch.arange(S_CODE), indexing="ij")  # B,S
-        colour = rgbs[b[..., None], s[..., None], :, y, x]  # B,S,N,3
-        torch.testing.assert_close(colour[..., :2], (20 * canvas_xy[:, None] + 5).expand(2, S_CODE, 4, 2))
+        colour = frames[b[..., None], s[..., None], y, x]  # B,S,N,3
+        torch.testing.assert_close(
+            colour[..., :2].float(), (20 * canvas_xy[:, None] + 5).expand(2, S_CODE, 4, 2)
+        )
         # a tracker exact on those frames is exact against the ground truth: zero loss, d_avg 100
         assert res.loss.item() == 0.0
         assert train.metrics_of(res)["d_avg"] == 100.0
@@ -258,7 +260,7 @@ def test_open_data_reads_pointodyssey_layout_and_exports(tmp_path: Path) -> None
     train_data, val_data = train.open_data(str(root), 4, 8, (64, 64), False, 0, 4)
     assert val_data is None  # no val/ split: no validation on training data
     batch = collate_clips([train_data[0], train_data[1]])
-    assert batch.rgbs.shape == (2, 4, 3, 64, 64) and batch.trajs.shape == (2, 4, 8, 2)
+    assert batch.rgbs.shape == (2, 4, 64, 64, 3) and batch.trajs.shape == (2, 4, 8, 2)
 
     export_mp4_dataset.main(
         dataset_location=str(root), S=4, N=8, crop_size=(64, 64), max_clips=4, out_root=str(tmp_path / "exp")
@@ -267,4 +269,4 @@ def test_open_data_reads_pointodyssey_layout_and_exports(tmp_path: Path) -> None
     train_data, val_data = train.open_data(str(folder), 4, 8, (64, 64), False, 0, 4)
     assert len(train_data) + len(val_data) == len(list(folder.glob("*/track.npz")))
     assert not set(train_data.clips) & set(val_data.clips)
-    assert val_data[0].rgbs.shape == (4, 3, 64, 64)
+    assert val_data[0].rgbs.shape == (4, 64, 64, 3)

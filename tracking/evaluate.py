@@ -27,7 +27,7 @@ from nets.tracker import Tracks, WindowModel, track_from_first_frame
 from tracking.frames import Frames, open_frames
 from tracking.predictor import Float16Guard, build_model
 from utils.logger import Logger, RunningMeans
-from utils.metrics import compute_pips_metrics, occlusion_accuracy
+from utils.metrics import compute_pips_metrics, compute_tapvid_metrics, occlusion_accuracy
 from utils.vis import draw_text, draw_tracks, draw_trajs_on_image
 
 logger = logging.getLogger(__name__)
@@ -162,9 +162,33 @@ def visibility_metrics(
             compute_pips_metrics(out.tracks, gt, mask, *size)["d_avg"] if has_any else None
         )
     if out.vis is not None:
-        visible_e = torch.sigmoid(out.vis.float())
+        visible_e = torch.sigmoid(out.vis.float())  # 1,T,N
         metrics["occlusion_accuracy"] = occlusion_accuracy(visible_e, visibs[None], valids[None])
+        metrics["average_jaccard"] = frame0_jaccard(out.tracks, visible_e, trajs_g, visibs * valids, size)
     return metrics
+
+
+def frame0_jaccard(
+    tracks: torch.Tensor,
+    visible_e: torch.Tensor,
+    trajs_g: np.ndarray,
+    visibs: np.ndarray,
+    size: tuple[int, int],
+) -> float:
+    """TAP-Vid's Average Jaccard (percent, 256x256 space, frames after the query) of queries at frame 0:
+    tracks 1,T,N,2 and predicted visibility 1,T,N against ground truth T,N,2 and visibility T,N."""
+    gt = scale_tracks(trajs_g, size, (256, 256))[None].transpose(0, 2, 1, 3)  # 1,N,T,2
+    pred = scale_tracks(tracks.float().cpu().numpy(), size, (256, 256)).transpose(0, 2, 1, 3)  # 1,N,T,2
+    N = gt.shape[1]
+    scores = compute_tapvid_metrics(
+        np.zeros((1, N, 3)),  # (t, y, x): every query at frame 0
+        (visibs == 0).T[None],  # 1,N,T
+        gt,
+        (visible_e <= 0.5).cpu().numpy().transpose(0, 2, 1),  # 1,N,T
+        pred,
+        query_mode="first",
+    )
+    return float(scores["average_jaccard"][0]) * 100
 
 
 def evaluate_dataset(

@@ -61,6 +61,8 @@ class Frames:
         num_frames, height, width: the video's length and frame size (its pixels are the API's pixels).
         frames_read: frames taken from storage so far (decoded, or image files read).
         read_seconds: time spent in `get` (reading, resizing and moving to the device).
+        cache: set before the first read when windows will be read again backward; only a video file,
+            which decodes forward, needs it (see VideoFileFrames).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Frames:
         self.resize = resize
         self.frames_read = 0
         self.read_seconds = 0.0
+        self.cache = False
 
     def _read(self, start: int, end: int) -> np.ndarray | torch.Tensor:
         """Frames [start, end) as T,H,W,3 uint8 (fewer only where a video ends early)."""

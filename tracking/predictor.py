@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from nets.pips2 import Feats, Pips, PipsOutput
+from nets.pips2 import VIS_HEAD_PREFIX, Feats, Pips, PipsOutput
 from nets.tracker import Progress, track
 from tracking.frames import Video, check_size, open_frames
-from utils.checkpoint import load_weights
+from utils.checkpoint import load_state, read_weights, strip_prefixes
 from utils.dist import fast_dtype, pick_device
 
 REFERENCE_DIR = "./reference_model"
@@ -36,16 +36,20 @@ def build_model(
     device: torch.device | str = "",
     job: str = "infer",
     fast: bool = True,
+    vis_head: bool | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Pips:
     """A Pips ready for `job`, with the weights of `checkpoint`, on `device`.
 
     Args:
-        checkpoint: a checkpoint file, or a directory whose latest model-*.pth is used; None = the random
-            initialisation of the current torch seed.
+        checkpoint: a checkpoint file, or a directory whose newest readable model-*.pth is used; None = the
+            random initialisation of the current torch seed.
         device: '' = CUDA if available, then MPS, then CPU.
         job: "infer" (eval mode; the fast path autocasts to float16) or "train" (train mode; bfloat16).
         fast: the fast path where it pays (CUDA); False, or CPU/MPS, = the exact float32 path.
+        vis_head: with the visibility head (Pips(vis_head=True)); None = as the checkpoint has it (none
+            without a checkpoint). A checkpoint without the head loads into a model with it: every backbone
+            weight strictly, and one warning says that the head starts untrained.
         log: called with one line saying what was loaded where.
     Raises:
         FileNotFoundError pointing at get_reference_model.sh when there is no checkpoint; ValueError naming
@@ -54,14 +58,19 @@ def build_model(
     if job not in JOBS:
         raise ValueError(f"job must be one of {JOBS}, got {job!r}")
     dev = device if isinstance(device, torch.device) else pick_device(device)
-    model = Pips(stride=8)
-    step = None if checkpoint is None else load_weights(checkpoint, model)
+    path, state = (None, None) if checkpoint is None else read_weights(checkpoint)
+    if vis_head is None:
+        names = strip_prefixes(state["model_state_dict"]) if state is not None else {}
+        vis_head = any(name.startswith(VIS_HEAD_PREFIX) for name in names)
+    model = Pips(stride=8, vis_head=vis_head)
+    step = None if state is None else load_state(path, state, model, optional=(VIS_HEAD_PREFIX,))
     dtype = fast_dtype(dev, fast, training=job == "train")
     model = model.to(dev).train(job == "train").set_fast(dtype is not None, dtype)
     if log is not None:
-        weights = "random weights" if checkpoint is None else f"{checkpoint} (step {step})"
-        path = f", fast path ({str(dtype).removeprefix('torch.')})" if dtype is not None else ""
-        log(f"model: {weights} on {dev}{path}")
+        weights = "random weights" if state is None else f"{path} (step {step})"
+        head = ", visibility head" if vis_head else ""
+        precision = f", fast path ({str(dtype).removeprefix('torch.')})" if dtype is not None else ""
+        log(f"model: {weights}{head} on {dev}{precision}")
     return model
 
 

@@ -2,13 +2,14 @@
 `optimizer_state_dict`, `scheduler_state_dict`, plus `step`, `config` and any extra entries.
 
 Writes are atomic (temporary file in the same directory, fsync, rename), and old checkpoints are pruned
-only after the new one is in place, so a killed run loses at most the work since its last save.
+only after the new one is in place, so a killed run loses at most the work since its last save. Loading a
+directory takes its newest checkpoint that reads, so a file damaged after the fact costs one save interval.
 """
 
+import logging
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+log = logging.getLogger(__name__)
+
 CKPT_PATTERN = re.compile(r"^model-(\d{9})\.pth$")
+TMP_PREFIX, TMP_SUFFIX = ".model-", ".tmp"  # a save in progress, or one a killed process left behind
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+LEGACY_MAGIC = b"\x80\x02\x8a\x0a"  # the pickle-based format before it
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -55,11 +61,15 @@ def save(
 ) -> Path:
     """Write `<ckpt_dir>/model-<step>.pth` atomically and keep the newest `keep_latest` checkpoints.
 
-    `extra` entries (e.g. config=dict, rng=...) are stored beside the state dicts; keep them to tensors and
-    plain Python values so the file loads with `weights_only=True`.
+    Temporary files a killed save left behind are removed first (one process saves into a run directory).
+    The file gets the permissions of the user's umask. `extra` entries (e.g. config=dict, rng=...) are
+    stored beside the state dicts; keep them to tensors and plain Python values so the file loads with
+    `weights_only=True`.
     """
     d = Path(ckpt_dir)
     d.mkdir(parents=True, exist_ok=True)
+    for leftover in d.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
     state: dict[str, Any] = {"model_state_dict": unwrap(model).state_dict(), "step": int(step)}
     if optimizer is not None:
         state["optimizer_state_dict"] = optimizer.state_dict()
@@ -67,41 +77,47 @@ def save(
         state["scheduler_state_dict"] = scheduler.state_dict()
     state.update(extra)
     path = d / f"model-{int(step):09d}.pth"
-    fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".tmp", dir=d)
+    tmp = d / f"{TMP_PREFIX}{int(step):09d}-{os.getpid()}{TMP_SUFFIX}"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666), "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     for old in list_checkpoints(d)[: -max(keep_latest, 1)]:
         old.unlink(missing_ok=True)
     return path
 
 
-def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or the latest `model-%09d.pth` of a directory."""
-    p = Path(path)
-    if p.is_dir():
-        latest = latest_checkpoint(p)
-        if latest is None:
-            raise FileNotFoundError(f"no model-XXXXXXXXX.pth checkpoint in directory {p}")
-        return latest
+def _torch_load(p: Path) -> Any:
+    """torch.load with weights_only=True; a failure is told in our words, never PyTorch's (whose advice to
+    retry with weights_only=False would run the code a file may hold)."""
+    with open(p, "rb") as f:
+        head = f.read(len(ZIP_MAGIC))
+    if head != ZIP_MAGIC and not head.startswith(LEGACY_MAGIC):
+        raise ValueError(f"{p} is not a checkpoint (not a file written by torch.save)")
+    if head == ZIP_MAGIC and zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as zf:
+            if not any(name.endswith("/data.pkl") for name in zf.namelist()):
+                raise ValueError(f"{p} is not a checkpoint (a zip archive not written by torch.save)")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"checkpoint {p} holds Python objects other than tensors and plain values; they are not "
+            "loaded, as unpickling them can run any code"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError):
+        raise ValueError(f"cannot read checkpoint {p}: the file is truncated or corrupt") from None
+
+
+def _read_file(p: Path) -> dict[str, Any]:
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p}")
-    return p
-
-
-def read(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint dict on the CPU; a raw state dict is wrapped as {'model_state_dict': ...}."""
-    p = resolve(path)
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        raise ValueError(f"cannot read checkpoint {p}: the file is truncated or corrupt ({e})") from e
+    state = _torch_load(p)
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {p} holds a {type(state).__name__}, not a dict")
     if "model_state_dict" not in state:
@@ -111,6 +127,30 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
             raise ValueError(f"checkpoint {p} has no 'model_state_dict' (keys: {sorted(state)[:8]})")
     state.setdefault("step", _step_from_name(p))
     return state
+
+
+def read_newest(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """(file, its dict) of a checkpoint file, or of the newest readable `model-%09d.pth` of a directory;
+    each newer one that cannot be read (say, truncated by a full disk) is named in a warning."""
+    p = Path(path)
+    if not p.is_dir():
+        return p, _read_file(p)
+    ckpts = list_checkpoints(p)
+    if not ckpts:
+        raise FileNotFoundError(f"no model-XXXXXXXXX.pth checkpoint in directory {p}")
+    for ckpt in reversed(ckpts):
+        try:
+            return ckpt, _read_file(ckpt)
+        except ValueError as err:
+            log.warning("%s; trying the checkpoint before it", err)
+    raise ValueError(f"none of the {len(ckpts)} checkpoints in {p} can be read")
+
+
+def read(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint dict on the CPU from a file, or from the newest readable checkpoint of a directory;
+    a raw state dict is wrapped as {'model_state_dict': ...}. ValueError naming the file when it is not a
+    checkpoint or is truncated."""
+    return read_newest(path)[1]
 
 
 def _step_from_name(p: Path) -> int:
@@ -134,19 +174,35 @@ def load(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     strict: bool = True,
+    optional: tuple[str, ...] = (),
 ) -> int:
-    """Load a checkpoint (a file, or a directory's latest) into model (and optimizer, scheduler).
+    """Load a checkpoint (a file, or a directory's newest readable one) into model (and optimizer,
+    scheduler).
 
     Returns the checkpoint's step. Raises FileNotFoundError for a missing path, ValueError naming the file for
-    a corrupt one or, with strict=True, listing the missing and unexpected parameter names.
+    a corrupt one or, with strict=True, listing the missing and unexpected parameter names. Parameters whose
+    names start with one of the `optional` prefixes may be missing from the file: they keep their
+    initialisation, and one warning says so.
     """
-    p = resolve(path)
-    state = read(p)
+    return load_state(*read_newest(path), model, optimizer, scheduler, strict, optional)
+
+
+def load_state(
+    p: Path,
+    state: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    strict: bool = True,
+    optional: tuple[str, ...] = (),
+) -> int:
+    """`load` for a checkpoint dict already read from file `p` (see read_newest)."""
     target = unwrap(model)
     weights = strip_prefixes(state["model_state_dict"])
+    own = target.state_dict()
+    absent = sorted(k for k in set(own) - set(weights) if optional and k.startswith(optional))
     if strict:
-        own = target.state_dict()
-        missing = sorted(set(own) - set(weights))
+        missing = sorted(set(own) - set(weights) - set(absent))
         unexpected = sorted(set(weights) - set(own))
         wrong = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
         if missing or unexpected or wrong:
@@ -154,7 +210,13 @@ def load(
                 f"checkpoint {p} does not fit the model: missing {len(missing)} {missing[:6]}, "
                 f"unexpected {len(unexpected)} {unexpected[:6]}, wrong shape {len(wrong)} {wrong[:6]}"
             )
-    target.load_state_dict(weights, strict=strict)
+    if absent:
+        prefixes = sorted({prefix for prefix in optional for k in absent if k.startswith(prefix)})
+        log.warning(
+            "checkpoint %s has no %s parameters: they start from their initialisation, untrained",
+            p, ", ".join(f"{prefix}*" for prefix in prefixes),
+        )  # fmt: skip
+    target.load_state_dict(weights, strict=strict and not absent)
     if optimizer is not None:
         if "optimizer_state_dict" not in state:
             raise ValueError(f"checkpoint {p} has no optimizer state")
@@ -166,10 +228,11 @@ def load(
     return int(state["step"])
 
 
-def load_weights(init_dir: str | os.PathLike, model: nn.Module) -> int:
-    """Model weights for evaluation or the demo; a missing checkpoint points at get_reference_model.sh."""
+def read_weights(init_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """read_newest for model weights (evaluation, the demo, fine-tuning): a missing checkpoint points at
+    get_reference_model.sh."""
     try:
-        return load(init_dir, model)
+        return read_newest(init_dir)
     except FileNotFoundError as e:
         raise FileNotFoundError(
             f"{e}. Run ./get_reference_model.sh to download the reference model, or pass --init_dir"

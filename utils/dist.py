@@ -72,6 +72,14 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+def all_reduce_min(x: torch.Tensor) -> torch.Tensor:
+    """Minimum over ranks (identity without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.MIN)
+    return x
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean over ranks (identity without a process group)."""
     if dist.is_available() and dist.is_initialized():

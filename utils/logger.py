@@ -1,6 +1,7 @@
 """Training/evaluation logging: a parameter table, running means and a thin TensorBoard wrapper."""
 
 import math
+import time
 from collections import defaultdict, deque
 from pathlib import Path
 
@@ -41,6 +42,26 @@ class RunningMeans:
 
     def means(self) -> dict[str, float]:
         return {k: self.mean(k) for k in self.values}
+
+
+class Pace:
+    """Steps per second over the last `window` steps (data, validation and saves included), and the time
+    left at that pace."""
+
+    def __init__(self, window: int = 50) -> None:
+        self.times: deque[float] = deque([time.perf_counter()], maxlen=window + 1)
+
+    def tick(self) -> None:
+        """Call once after each step."""
+        self.times.append(time.perf_counter())
+
+    def steps_per_s(self) -> float:
+        return (len(self.times) - 1) / max(self.times[-1] - self.times[0], 1e-9)
+
+    def eta(self, steps_left: int) -> str:
+        """h:mm:ss for `steps_left` more steps at the current pace."""
+        seconds = round(steps_left / self.steps_per_s())
+        return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class Logger:
