@@ -214,3 +214,68 @@ def test_head_logits_follow_their_frames_through_windows_and_backward_passes() -
     torch.testing.assert_close(out.vis, t)
     torch.testing.assert_close(out.conf, -t)
     assert track(ClockModel(), TensorFrames(clock_video(1, T)), queries, S=4, iters=1).vis is None
+
+
+class WindowLog(ClockModel):
+    """ClockModel that also records each window's length and the iterations it is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.windows: list[tuple[int, int]] = []
+
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+        self.windows.append((rgbs.shape[1], iters))
+        return super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
+
+
+def test_the_official_window_and_iterations_by_default() -> None:
+    # 130 frames: windows [0, 128) and [2, 130) (the last one shifted back), 16 iterations each
+    video = clock_video(1, 130)
+    model = WindowLog()
+    track_from_first_frame(model, TensorFrames(video), torch.tensor([[[1.0, 1.0]]]))
+    assert model.windows == [(128, 16), (128, 16)] and [c[0] for c in model.calls] == [0, 2]
+    model = WindowLog()
+    tracks = track(model, TensorFrames(video), torch.tensor([[[129.0, 1.0, 1.0]]])).tracks
+    # the query at the last frame: the forward pass covers it alone, the backward pass all 130 frames
+    assert model.windows == [(128, 16), (128, 16)]
+    torch.testing.assert_close(tracks[0, :, 0, 0], 1.0 - 129 + torch.arange(130, dtype=torch.float32))
+    model = WindowLog()
+    track(model, TensorFrames(clock_video(1, 9)), torch.tensor([[[4.0, 1.0, 1.0]]]), S=8, iters=5)
+    assert model.windows == [(5, 5), (5, 5)]  # frames 4..8 forward and 4..0 backward, iters passed on
+
+
+def test_the_shortest_window_and_video_are_two_frames() -> None:
+    model = ClockModel()
+    out = track_from_first_frame(model, TensorFrames(clock_video(1, 4)), torch.tensor([[[3.0, 1.0]]]), S=2)
+    assert [c[0] for c in model.calls] == [0, 1, 2]  # windows [0, 2), [1, 3), [2, 4)
+    torch.testing.assert_close(out.tracks[0, :, 0, 0], torch.tensor([3.0, 4.0, 5.0, 6.0]))
+    model = ClockModel()
+    out = track_from_first_frame(model, TensorFrames(clock_video(1, 2)), torch.tensor([[[3.0, 1.0]]]), S=4)
+    assert [c[0] for c in model.calls] == [0]
+    torch.testing.assert_close(out.tracks[0, :, 0, 0], torch.tensor([3.0, 4.0]))
+    with pytest.raises(ValueError, match=r"^window length S must be at least 2, got 1$"):
+        track_from_first_frame(model, TensorFrames(clock_video(1, 4)), torch.tensor([[[3.0, 1.0]]]), S=1)
+
+
+def test_no_query_gives_empty_tracks() -> None:
+    queries = torch.zeros(2, 0, 3)
+    out = track(ClockModel(), TensorFrames(clock_video(2, 6)), queries, S=4, iters=1)
+    assert out.tracks.shape == (2, 6, 0, 2) and out.tracks.dtype == torch.float32
+    assert out.vis is None and out.conf is None
+
+
+def test_a_query_at_the_first_frame_that_does_not_decode() -> None:
+    queries = torch.tensor([[[0.0, 1.0, 1.0], [13.0, 2.0, 2.0]]])
+    with pytest.raises(ValueError, match="^a query at frame 13 lies past the 13 readable frames$"):
+        track(ClockModel(), TensorFrames(clock_video(1, 20), ends_at=13), queries, S=6, iters=1)
+
+
+def test_progress_is_not_told_of_a_window_laid_out_again_over_tracked_frames() -> None:
+    # the video ends right after the first window [0, 6): the window [5, 11) comes back short, and the window
+    # laid out again ([0, 6)) covers no new frame
+    steps: list[int] = []
+    source = TensorFrames(clock_video(1, 20), ends_at=6)
+    out = track_from_first_frame(
+        ClockModel(), source, torch.zeros(1, 1, 2), S=6, iters=1, progress=steps.append
+    )
+    assert steps == [5] and out.tracks.shape == (1, 6, 1, 2)
