@@ -253,8 +253,11 @@ def test_directory_load_falls_back_to_newest_intact_checkpoint(tmp_path: Path, c
     with caplog.at_level("WARNING", logger="utils.checkpoint"):
         assert checkpoint.load(tmp_path, fresh) == 2
     assert same_state(fresh.state_dict(), Tiny(seed=2).state_dict())
-    assert "model-000000004.pth is not a checkpoint" in caplog.text
-    assert "model-000000003.pth: the file is truncated or corrupt" in caplog.text
+    fourth, third = tmp_path / "model-000000004.pth", tmp_path / "model-000000003.pth"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{fourth} is not a checkpoint (not a file written by torch.save); trying the checkpoint before it",
+        f"cannot read checkpoint {third}: the file is truncated or corrupt; trying the checkpoint before it",
+    ]
     for step in (1, 2):
         (tmp_path / f"model-{step:09d}.pth").write_bytes(b"")
     with pytest.raises(ValueError, match="none of the 4 checkpoints in .* can be read"):
@@ -283,9 +286,85 @@ def test_files_that_are_not_checkpoints_say_so(tmp_path: Path) -> None:
     cases = {
         text: "garbage.pth is not a checkpoint \\(not a file written by torch.save\\)$",
         npz: "arrays.pth is not a checkpoint \\(a zip archive not written by torch.save\\)$",
-        pickled: "objects.pth holds Python objects other than tensors and plain values",
+        pickled: "objects.pth holds Python objects other than tensors and plain values; they are not loaded, "
+        "as unpickling them can run any code$",
     }
     for path, message in cases.items():
         with pytest.raises(ValueError, match=message) as err:
             checkpoint.load(path, Tiny())
         assert "weights_only" not in str(err.value) and err.value.__cause__ is None
+
+
+class WithHead(Tiny):
+    """Tiny with an extra head, whose parameters older checkpoints lack."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.head = torch.nn.Linear(2, 1)
+
+
+def test_optional_parameters_may_be_missing_and_are_named_once(tmp_path: Path, caplog) -> None:
+    path = checkpoint.save(tmp_path, Tiny(seed=1), step=4)
+    model = WithHead(seed=2)
+    head_before = {k: v.clone() for k, v in model.head.state_dict().items()}
+    with caplog.at_level("WARNING", logger="utils.checkpoint"):
+        assert checkpoint.load(path, model, optional=("head.", "extra.")) == 4
+    assert [r.getMessage() for r in caplog.records] == [
+        f"checkpoint {path} has no head.* parameters: they start from their initialisation, untrained"
+    ]
+    assert same_state(model.head.state_dict(), head_before)
+    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    assert same_state(backbone, Tiny(seed=1).state_dict())
+    with pytest.raises(ValueError, match=r"missing 2 \['head.bias', 'head.weight'\]"):
+        checkpoint.load(path, WithHead())  # not optional: strict
+    state = torch.load(path, weights_only=True)
+    del state["model_state_dict"]["fc.bias"]
+    with pytest.raises(ValueError, match=r"missing 1 \['fc.bias'\], unexpected 0 \[\], wrong shape 0 \[\]$"):
+        checkpoint.load_state(path, state, WithHead(), optional=("head.",))  # only head.* may be missing
+    with pytest.raises(ValueError, match=r"missing 1 \['fc.bias'\]"):
+        checkpoint.load_state(path, state, Tiny())  # strict by default
+
+
+def test_mismatch_lists_six_names_of_each_kind(tmp_path: Path) -> None:
+    names = sorted(Tiny().state_dict())  # 7 entries
+    others = {f"extra.{i}": torch.zeros(1) for i in range(7)}
+    torch.save({"model_state_dict": others}, tmp_path / "others.pth")
+    with pytest.raises(ValueError) as err:
+        checkpoint.load(tmp_path / "others.pth", Tiny())
+    assert str(err.value).endswith(
+        f"missing 7 {names[:6]}, unexpected 7 {sorted(others)[:6]}, wrong shape 0 []"
+    )
+    reshaped = {k: torch.zeros(9) for k in names}
+    torch.save({"model_state_dict": reshaped}, tmp_path / "reshaped.pth")
+    with pytest.raises(ValueError) as err:
+        checkpoint.load(tmp_path / "reshaped.pth", Tiny())
+    assert str(err.value).endswith(f"missing 0 [], unexpected 0 [], wrong shape 7 {names[:6]}")
+    torch.save({"model_state_dict": Tiny().state_dict() | {"extra.0": torch.zeros(1)}}, tmp_path / "more.pth")
+    with pytest.raises(ValueError, match=r"missing 0 \[\], unexpected 1 \['extra.0'\], wrong shape 0 \[\]$"):
+        checkpoint.load(tmp_path / "more.pth", Tiny())
+    keys = {f"k{i}": i for i in range(10)}
+    torch.save(keys, tmp_path / "keys.pth")
+    with pytest.raises(ValueError, match=r"has no 'model_state_dict' \(keys: \['k0', .*'k7'\]\)$") as err:
+        checkpoint.read(tmp_path / "keys.pth")
+    assert "'k8'" not in str(err.value)
+
+
+def test_save_defaults_and_new_directories(tmp_path: Path) -> None:
+    path = checkpoint.save(tmp_path / "runs" / "a" / "ckpt", Tiny())
+    assert path == tmp_path / "runs" / "a" / "ckpt" / "model-000000000.pth"
+    assert torch.load(path, weights_only=True)["step"] == 0
+    old = os.umask(0o002)
+    try:
+        path = checkpoint.save(tmp_path, Tiny(), step=1)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o664  # read and write for everyone the umask lets
+
+
+def test_a_file_that_cannot_be_created_reports_why(tmp_path: Path, monkeypatch) -> None:
+    def refuse(*args) -> None:
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(PermissionError, match="read-only file system"):  # not a complaint about the cleanup
+        checkpoint.save(tmp_path, Tiny(), step=1)
