@@ -245,3 +245,75 @@ def test_a_closed_video_reads_again_from_the_start(tmp_path: Path) -> None:
     assert source.frames_read == 13
     source.close()
     source.close()  # closing twice is fine
+
+
+def test_sources_start_without_a_cache_and_count_every_read(tmp_path: Path) -> None:
+    video = random_video(3, 6, 8)
+    assert ArrayFrames(video).cache is False
+    paths = []
+    for t, frame in enumerate(video):
+        paths.append(tmp_path / f"{t}.png")
+        cv2.imwrite(str(paths[-1]), frame[..., ::-1])
+    source = open_frames(paths, (4, 5), resize="cv2")
+    assert source.cache is False and (source.image_size, source.resize) == ((4, 5), "cv2")
+    source.get(0, 2)
+    source.get(2, 3)
+    assert source.frames_read == 3
+    single = ImageFiles(paths[:1])
+    assert single.name == str(tmp_path) and single.num_frames == 1
+    with pytest.raises(ValueError, match="^no image files given for a video$"):
+        ImageFiles([])
+
+
+def test_sizes_and_frame_limits_at_their_smallest(tmp_path: Path) -> None:
+    tracking.frames.check_size((1, 1))
+    with pytest.raises(ValueError, match=r"^image_size must be two positive integers H,W, got 5$"):
+        tracking.frames.check_size(5)
+    video = random_video(4, 6, 8)
+    assert open_frames(video, max_frames=1).num_frames == 1
+    write_video(tmp_path / "clip.mp4", video, fps=4)
+    with VideoFileFrames(tmp_path / "clip.mp4", max_frames=1) as source:
+        assert source.num_frames == 1 and source.name == str(tmp_path / "clip.mp4")
+        assert source.get(0, 1).shape == (1, 1, 3, 6, 8)
+
+
+def test_a_window_past_the_decodable_frames_is_empty(tmp_path: Path, caplog, monkeypatch) -> None:
+    # the container announces 20 frames, 12 decode
+    path = tmp_path / "clip.mp4"
+    write_video(path, random_video(12, 16, 16), fps=10)
+    monkeypatch.setattr(tracking.frames, "video_info", lambda path: VideoInfo(20, 16, 16, 10.0))
+    with caplog.at_level(logging.WARNING), VideoFileFrames(path, image_size=(8, 12)) as source:
+        window = source.get(15, 20)
+        assert window.shape == (1, 0, 3, 8, 12) and window.dtype == torch.float32
+        assert source.num_frames == 12
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: the container announces 20 frames but only 12 decode; the tracks cover 12 frames"
+    ]
+    with VideoFileFrames(path, image_size=(8, 12)) as source:
+        assert source.get(12, 20).shape == (1, 0, 3, 8, 12)
+        # frame 11 was decoded on the way and dropped: only the frames from a window's start on are held
+        message = "frame 11 was read and dropped; open it with cache=True to read windows backward$"
+        with pytest.raises(ValueError, match=message):
+            source.get(11, 12)
+
+
+def test_a_longer_video_is_reported_once_even_at_the_callers_limit(
+    tmp_path: Path, caplog, monkeypatch
+) -> None:
+    # the container announces 10 frames, 13 decode
+    write_video(tmp_path / "clip.mp4", random_video(13, 16, 16), fps=10)
+    monkeypatch.setattr(tracking.frames, "video_info", lambda path: VideoInfo(10, 16, 16, 10.0))
+    with caplog.at_level(logging.WARNING), VideoFileFrames(tmp_path / "clip.mp4", max_frames=10) as source:
+        source.get(4, 10)
+        source.get(8, 10)  # the last window again
+    announced = "the container announces 10 frames but more decode; only the first 10 are read"
+    assert [r.getMessage() for r in caplog.records] == [f"{tmp_path / 'clip.mp4'}: {announced}"]
+
+
+def test_a_single_frame_comes_back_from_the_cache(tmp_path: Path) -> None:
+    write_video(tmp_path / "clip.mp4", random_video(16, 16, 16), fps=10)
+    decoded = torch.from_numpy(read_frames(tmp_path / "clip.mp4")).permute(0, 3, 1, 2).float()[None]
+    with VideoFileFrames(tmp_path / "clip.mp4", cache=True) as source:
+        source.get(10, 15)
+        torch.testing.assert_close(source.get(2, 3), decoded[:, 2:3], atol=0, rtol=0)
+        assert source.frames_read == 15
