@@ -43,7 +43,6 @@ class Tracks(NamedTuple):
     conf: torch.Tensor | None = None  # B,T,N confidence logits
 
 
-
 class _ReversedFrames:
     """Local time i of this source is frame `last - i` of the base source."""
 
@@ -69,7 +68,6 @@ class _ShiftedFrames:
         return self.base.get(self.first + start, self.first + end)
 
 
-@torch.no_grad()
 def track_from_first_frame(
     model: WindowModel,
     source: FrameSource,
@@ -94,7 +92,7 @@ def track_from_first_frame(
     if S < 2:
         raise ValueError(f"window length S must be at least 2, got {S}")
     T = source.num_frames
-    trajs = xy[:, None].repeat(1, T, 1, 1).float()  # B,T,N,2 zero-velocity init
+    trajs = xy.detach()[:, None].repeat(1, T, 1, 1).float()  # B,T,N,2 zero-velocity init
     logits: dict[str, torch.Tensor] = {}  # vis, conf: B,T,N each
     cur, done, feat_init = 0, 1, None
     while T >= 2:
@@ -107,7 +105,8 @@ def track_from_first_frame(
             trajs = trajs[:, :T]
             logits = {k: v[:, :T] for k, v in logits.items()}
             continue
-        out = model(trajs[:, cur:end], rgbs, iters=iters, feat_init=feat_init)
+        with torch.no_grad():
+            out = model(trajs[:, cur:end], rgbs, iters=iters, feat_init=feat_init)
         trajs[:, cur:end] = out.tracks.to(trajs.device)
         trajs[:, end:] = trajs[:, end - 1 : end]
         for name in ("vis", "conf"):
@@ -124,7 +123,6 @@ def track_from_first_frame(
     return Tracks(trajs, logits.get("vis"), logits.get("conf"))
 
 
-@torch.no_grad()
 def track(
     model: WindowModel,
     source: FrameSource,

@@ -1,11 +1,14 @@
+import re
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
+import tracking.predictor
 from nets.pips2 import Pips, PipsOutput
 from tracking.frames import VideoFileFrames
-from tracking.predictor import PipsTracker, check_queries, grid_queries
+from tracking.predictor import Float16Guard, PipsTracker, build_model, check_queries, grid_queries
 from utils.checkpoint import save
 from utils.video import read_frames, write_video
 
@@ -198,3 +201,267 @@ def test_fast_switch_on_cpu() -> None:
     assert not model.fast
     PipsTracker(model, fast=True)  # bf16 needs CUDA: the exact path stays
     assert not model.fast
+
+
+class HeadModel(ShiftModel):
+    """ShiftModel with a visibility head: visibility logits 2 (frame index even) or -1, confidence 0.5."""
+
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+        out = super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
+        B, S, N, _ = trajs_e0.shape
+        frame = (rgbs[:, :, 0, 0, 0] / 10).round()  # B,S
+        vis = torch.where(frame % 2 == 0, 2.0, -1.0)[..., None].expand(B, S, N)
+        return out._replace(vis=vis, conf=torch.full((B, S, N), 0.5))
+
+
+def test_predict_gives_visibility_and_confidence_as_probabilities() -> None:
+    video = (10 * np.arange(6, dtype=np.uint8))[:, None, None, None].repeat(8, 1).repeat(8, 2).repeat(3, 3)
+    tracker = PipsTracker(HeadModel(dx=1.0), S=4, iters=1, image_size=(8, 8))
+    out = tracker.predict(video, queries=[[0, 1.0, 2.0], [3, 4.0, 5.0]])
+    vis = np.where(
+        np.arange(6) % 2 == 0, 1 / (1 + np.exp(-2.0)), 1 / (1 + np.exp(1.0))
+    )  # sigmoid(2), sigmoid(-1)
+    np.testing.assert_allclose(out.visibility, np.repeat(vis[:, None], 2, 1), rtol=1e-6)
+    np.testing.assert_allclose(out.confidence, np.full((6, 2), 1 / (1 + np.exp(-0.5))), rtol=1e-6)
+    assert isinstance(out.visibility, np.ndarray) and out.tracks.shape == (6, 2, 2)
+    as_tensor = tracker.predict(torch.from_numpy(video), grid_size=2)
+    assert isinstance(as_tensor.visibility, torch.Tensor) and as_tensor.visibility.shape == (6, 4)
+    torch.testing.assert_close(as_tensor.visibility[:, 0], torch.from_numpy(vis).float())
+    plain = PipsTracker(ShiftModel(), S=4, iters=1, image_size=(8, 8)).predict(video, grid_size=2)
+    assert plain.visibility is None and plain.confidence is None
+
+
+class HalfModel(ShiftModel):
+    """Overflows (NaN tracks) unless asked for float32, like a float16 window that overflows."""
+
+    def __init__(self, fast_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.fast_dtype = fast_dtype
+        self.dtypes: list[torch.dtype | None] = []
+
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False, dtype=None) -> PipsOutput:
+        self.dtypes.append(dtype)
+        out = super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
+        return out if dtype == torch.float32 else out._replace(tracks=out.tracks * float("nan"))
+
+
+def test_float16_guard_redoes_an_overflowing_window_in_float32() -> None:
+    e0, rgbs = torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 3, 8, 8)
+    model = HalfModel(torch.float16)
+    with pytest.warns(UserWarning, match="float16 overflowed in a window; that window is redone in float32"):
+        out = Float16Guard(model)(e0, rgbs, iters=1)
+    assert model.dtypes == [None, torch.float32] and torch.isfinite(out.tracks).all()
+    for other in (torch.bfloat16, torch.float32):  # only float16 windows are redone
+        model = HalfModel(other)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert torch.isnan(Float16Guard(model)(e0, rgbs, iters=1).tracks).all()
+        assert model.dtypes == [None]
+    model = ShiftModel()  # finite tracks: one call, whatever the model
+    Float16Guard(model)(e0, rgbs, iters=1)
+    assert model.calls == 1
+
+
+def test_build_model_for_each_job(tmp_path, monkeypatch) -> None:
+    lines = []
+    model = build_model(None, "cpu", log=lines.append)
+    assert lines == ["model: random weights on cpu"] and not model.training and not model.fast
+    torch.manual_seed(3)
+    save(tmp_path, Pips(), step=12)
+    model = build_model(tmp_path, torch.device("cpu"), job="train", log=lines.append)
+    assert lines[-1] == f"model: {tmp_path / 'model-000000012.pth'} (step 12) on cpu" and model.training
+    with pytest.raises(ValueError, match="job must be one of \\('infer', 'train'\\), got 'eval'"):
+        build_model(None, "cpu", job="eval")
+    asked = []
+
+    def fake_fast_dtype(device, fast=True, training=False):  # as on a GPU
+        asked.append((device.type, fast, training))
+        return (torch.bfloat16 if training else torch.float16) if fast else None
+
+    monkeypatch.setattr(tracking.predictor, "fast_dtype", fake_fast_dtype)
+    model = build_model(None, "cpu", log=lines.append)
+    assert (
+        lines[-1] == "model: random weights on cpu, fast path (float16)" and model.fast_dtype == torch.float16
+    )
+    model = build_model(None, "cpu", job="train", log=lines.append)
+    assert lines[-1] == "model: random weights on cpu, fast path (bfloat16)" and model.training
+    model = build_model(None, "cpu", fast=False, log=lines.append)
+    assert lines[-1] == "model: random weights on cpu" and not model.fast
+    assert asked == [("cpu", True, False), ("cpu", True, True), ("cpu", False, False)]
+
+
+class FastSwitch(ShiftModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.switched: list[tuple[bool, torch.dtype | None]] = []
+
+    def set_fast(self, enabled: bool, dtype: torch.dtype | None = None) -> "FastSwitch":
+        self.switched.append((enabled, dtype))
+        return self
+
+
+def test_tracker_fast_path_choice(monkeypatch) -> None:
+    monkeypatch.setattr(
+        tracking.predictor,
+        "fast_dtype",
+        lambda device, fast=True, training=False: torch.float16 if fast else None,
+    )
+    model = FastSwitch()
+    assert PipsTracker(model).fast and model.switched == [(True, torch.float16)]  # None: on where it pays
+    assert not PipsTracker(model, fast=False).fast and model.switched[-1] == (False, None)
+    monkeypatch.setattr(tracking.predictor, "fast_dtype", lambda device, fast=True, training=False: None)
+    PipsTracker(model)  # None and nothing to gain: the model is left as it is
+    assert len(model.switched) == 2
+
+
+def test_tracker_settings_are_checked() -> None:
+    for S, iters in [(1, 4), (8, 0)]:
+        with pytest.raises(ValueError, match=f"need S >= 2 and iters >= 1, got S={S}, iters={iters}"):
+            PipsTracker(ShiftModel(), S=S, iters=iters)
+    tracker = PipsTracker(ShiftModel(), S=2, iters=1, image_size=[16, 24])
+    assert (tracker.S, tracker.iters, tracker.image_size, tracker.device) == (
+        2,
+        1,
+        (16, 24),
+        torch.device("cpu"),
+    )
+    assert not tracker.model.training
+    for bad in [(0, 8), (8,), (8.0, 8), (True, 8)]:
+        with pytest.raises(ValueError, match="image_size must be two positive integers"):
+            PipsTracker(ShiftModel(), image_size=bad)
+
+
+def test_grid_queries_checks() -> None:
+    for bad in [True, 2.0, -1, 0]:
+        with pytest.raises(ValueError, match="grid_size must be a positive integer"):
+            grid_queries(bad, 96, 128)
+    torch.testing.assert_close(
+        grid_queries(2, 512, 896), torch.tensor([[0.0, 8, 8], [0, 888, 8], [0, 8, 504], [0, 888, 504]])
+    )
+
+
+class CallLog(ShiftModel):
+    """ShiftModel that records the iterations, templates and precision of each call, and overflows unless
+    asked for float32 when its fast_dtype is float16."""
+
+    def __init__(self, fast_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.fast_dtype = fast_dtype
+        self.seen: list[tuple] = []
+
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False, dtype=None) -> PipsOutput:
+        self.seen.append((iters, feat_init, dtype))
+        out = super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
+        overflow = self.fast_dtype == torch.float16 and dtype != torch.float32
+        return out._replace(tracks=out.tracks * float("nan")) if overflow else out
+
+
+def test_float16_guard_passes_the_window_on() -> None:
+    e0, rgbs = torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 3, 8, 8)
+    feats = tuple(torch.full((1, 3, 2, 1), float(i)) for i in range(3))
+    model = CallLog(torch.float16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Float16Guard(model)(e0, rgbs, iters=3, feat_init=feats)
+    assert model.seen == [(3, feats, None), (3, feats, torch.float32)]
+    assert [str(w.message) for w in caught] == [
+        "float16 overflowed in a window; that window is redone in float32"
+    ]
+    model = CallLog()
+    Float16Guard(model)(e0, rgbs, iters=2, feat_init=feats)
+    assert model.seen == [(2, feats, None)]
+
+
+def test_queries_on_the_frame_border_are_inside() -> None:
+    H, W = 96, 128
+    corners = [[0, 0.0, 0.0], [1, W - 1.0, 0.0], [2, 0.0, H - 1.0], [11, W - 1.0, H - 1.0]]
+    q = check_queries(corners, T=12, H=H, W=W)
+    assert q.dtype == torch.float32 and q.tolist() == corners
+    whole = check_queries([[3, 10, 20]], T=12, H=H, W=W)  # integers are fine
+    assert whole.dtype == torch.float32 and whole.tolist() == [[3.0, 10.0, 20.0]]
+    for row in ([0, -0.5, 5.0], [0, W - 0.5, 5.0], [0, 5.0, -0.5], [0, 5.0, H - 0.5]):
+        with pytest.raises(ValueError, match="lies outside the 128x96 frame$"):
+            check_queries([row], T=12, H=H, W=W)
+    for row, why in [
+        ([0, float("nan"), 1.0], "(t=0, x=nan, y=1) is not finite"),
+        ([2.5, 1.0, 1.0], "(t=2.5, x=1, y=1) has a frame index t that is not a whole number"),
+    ]:
+        with pytest.raises(ValueError, match=f"^query row 0 {re.escape(why)}$"):
+            check_queries([row], T=12, H=H, W=W)
+
+
+def test_the_grid_is_built_without_warnings() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grid = grid_queries(2, 20, 30, image_size=(20, 30))
+    torch.testing.assert_close(grid, torch.tensor([[0.0, 8, 8], [0, 22, 8], [0, 8, 12], [0, 22, 12]]))
+
+
+def test_calls_pass_the_frame_limit_progress_and_iterations_on(monkeypatch) -> None:
+    sources = []
+
+    real_open_frames = tracking.predictor.open_frames
+
+    def recording_open_frames(*args, **kwargs):  # noqa: ANN202
+        sources.append(real_open_frames(*args, **kwargs))
+        return sources[-1]
+
+    monkeypatch.setattr(tracking.predictor, "open_frames", recording_open_frames)
+    video = np.zeros((9, 16, 16, 3), np.uint8)
+    model = CallLog()
+    tracker = PipsTracker(model, S=3, iters=4, image_size=(16, 16))
+    steps: list[int] = []
+    tracks = tracker(video, queries=[[0, 5.0, 6.0]], max_frames=5, progress=steps.append)
+    assert tracks.shape == (5, 1, 2) and steps == [2, 2] and [s[0] for s in model.seen] == [4, 4]
+    assert not sources[-1].cache  # every query at frame 0: nothing is read backward
+    with pytest.raises(
+        ValueError, match=r"^give exactly one of queries \(N,3 rows of t,x,y\) and grid_size$"
+    ):
+        tracker(video)
+    tracker(video, queries=[[1, 5.0, 6.0], [0, 7.0, 0.0]])
+    assert sources[-1].cache  # the query at frame 1 is tracked back to frame 0
+
+
+def test_trackers_run_where_they_are_put(tmp_path, monkeypatch) -> None:
+    tracker = PipsTracker(torch.nn.Linear(1, 1, device="meta"))
+    assert tracker.device == torch.device("meta")  # the model's device
+    default = PipsTracker(CallLog())
+    assert (default.S, default.iters, default.image_size) == (64, 16, (512, 896))
+    asked = []
+
+    def fake_fast_dtype(device, fast=True, training=False):  # noqa: ANN202
+        asked.append((device.type, fast, training))
+
+    monkeypatch.setattr(tracking.predictor, "fast_dtype", fake_fast_dtype)
+    torch.manual_seed(1)
+    save(tmp_path, Pips(), step=3)
+    tracker = PipsTracker.from_checkpoint(tmp_path / "model-000000003.pth", device="meta")
+    assert (tracker.S, tracker.iters, tracker.device) == (64, 16, torch.device("meta"))
+    assert next(tracker.model.parameters()).device == torch.device("meta")
+    assert asked == [("meta", True, False), ("meta", True, False)]  # build_model, then the tracker
+    asked.clear()
+    PipsTracker.from_checkpoint(tmp_path, device="meta", fast=False)
+    assert asked == [("meta", False, False), ("meta", False, False)]
+    model = build_model(None, "meta")
+    assert next(model.parameters()).device == torch.device("meta") and model.stride == 8
+
+
+def test_build_model_follows_the_checkpoints_head(tmp_path, caplog) -> None:
+    torch.manual_seed(2)
+    with_head = Pips(vis_head=True)
+    path = save(tmp_path, with_head, step=5)
+    lines = []
+    model = build_model(path, "cpu", log=lines.append)
+    assert model.vis_head is not None and same_weights(model, with_head)
+    assert lines == [f"model: {path} (step 5), visibility head on cpu"]
+    backbone = {k: v for k, v in with_head.state_dict().items() if not k.startswith("vis_head.")}
+    torch.save({"model_state_dict": backbone}, tmp_path / "backbone.pth")
+    assert build_model(tmp_path / "backbone.pth", "cpu").vis_head is None
+    with caplog.at_level("WARNING", logger="utils.checkpoint"):
+        model = build_model(tmp_path / "backbone.pth", "cpu", vis_head=True)
+    assert model.vis_head is not None
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in backbone.items())
+    assert [r.getMessage() for r in caplog.records] == [
+        f"checkpoint {tmp_path / 'backbone.pth'} has no vis_head.* parameters: they start from their "
+        "initialisation, untrained"
+    ]

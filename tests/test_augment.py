@@ -1,7 +1,10 @@
 import numpy as np
 import pytest
 
+from datasets import augment
 from datasets.augment import (
+    _drifting_crops,
+    _drifting_sizes,
     augment_clip,
     erase_occluders,
     flip_clip,
@@ -14,6 +17,35 @@ from datasets.augment import (
 )
 
 RAMP_X, RAMP_Y = 4, 5  # grey levels per source pixel of the position-coding image
+
+
+class ScriptedRng:
+    """Stands in for np.random.Generator: hands out scripted draws, each given as (method, low, high, value),
+    and checks that every call asks for the scripted range (the official constants)."""
+
+    def __init__(self, *draws: tuple) -> None:
+        self.draws = list(draws)
+
+    def _next(self, method: str, low: float | None, high: float | None, size: int | None) -> object:
+        assert self.draws, f"unexpected draw {method}({low}, {high})"
+        name, lo, hi, value = self.draws.pop(0)
+        assert (name, lo, hi) == (method, low, high), (
+            f"{method}({low}, {high}) drawn where {name}({lo}, {hi}) was"
+        )
+        assert np.shape(value) == (() if size is None else (size,))
+        return np.asarray(value) if size is not None else value
+
+    def uniform(self, low: float, high: float, size: int | None = None) -> object:
+        return self._next("uniform", low, high, size)
+
+    def integers(self, low: int, high: int, size: int | None = None) -> object:
+        return self._next("integers", low, high, size)
+
+    def random(self) -> float:
+        return self._next("random", None, None, None)
+
+    def done(self) -> bool:
+        return not self.draws
 
 
 def ramp_clip(S: int, H: int = 48, W: int = 64) -> np.ndarray:
@@ -226,3 +258,170 @@ def test_photometric_transforms_draw_independently():
     rng = np.random.default_rng(1)
     rate = np.mean([(photometric_clip(clip, rng) != clip).any() for _ in range(200)])
     assert 0.68 < rate < 0.88
+
+
+def test_drifting_zoom_by_hand():
+    # t=0: the initial zoom 1.0; t=1: velocity (2^-7, -2^-7), axes pulled halfway to their mean: 1.00390625
+    # and 0.99609375 -> 3011 x 1992 (ints of 3000 sx, 2000 sy), and the realised zoom 3011/3000, 1992/2000
+    # carries on; t=2: velocity 0.9 v + (2^-8, 2^-7) = (0.0109375, 0.00078125) -> zoom 1.0101484, 1.0012370
+    rng = ScriptedRng(
+        ("uniform", 0.25, 1.5, 1.0),
+        ("uniform", -0.01, 0.01, [2**-7, -(2**-7)]),
+        ("uniform", -0.01, 0.01, 2**-8),
+        ("uniform", -0.01, 0.01, 2**-7),
+    )
+    sizes = _drifting_sizes(3, 2000, 3000, (32, 48), rng)
+    np.testing.assert_array_equal(sizes, [[2000, 3000], [1992, 3011], [2002, 3030]])
+    assert rng.done()
+    # every frame is at least crop + 16 on each side: 0.25 * (40, 50) -> (48, 64), whose zoom (1.2, 1.28)
+    # carries on
+    rng = ScriptedRng(("uniform", 0.25, 1.5, 0.25), ("uniform", -0.01, 0.01, [2**-7, 2**-7]))
+    np.testing.assert_array_equal(_drifting_sizes(2, 40, 50, (32, 48), rng), [[48, 64], [49, 64]])
+    # the zoom stays within [0.2, 2]
+    rng = ScriptedRng(("uniform", 0.25, 1.5, 1.9921875), ("uniform", -0.01, 0.01, [2**-6, 2**-6]))
+    np.testing.assert_array_equal(_drifting_sizes(2, 1000, 1000, (32, 48), rng), [[1992, 1992], [2000, 2000]])
+    rng = ScriptedRng(("uniform", 0.25, 1.5, 0.203125), ("uniform", -0.01, 0.01, [-(2**-7), -(2**-7)]))
+    np.testing.assert_array_equal(_drifting_sizes(2, 1000, 1000, (32, 48), rng), [[203, 203], [200, 200]])
+
+
+def test_drifting_crop_by_hand():
+    # the first corner centres the crop on the start point: int(100.7 - 24), int(50.2 - 16); then offsets
+    # (5, -3), then int(0.8 o + 0.2 d) for draws d: (6, -6) and (8, -8)
+    rng = ScriptedRng(
+        ("integers", -20, 20, [5, -3]),
+        ("integers", -20, 21, 10),
+        ("integers", -20, 21, -20),
+        ("integers", -20, 21, 20),
+        ("integers", -20, 21, -20),
+    )
+    corners = _drifting_crops(np.array([[200, 300]] * 4), (100.7, 50.2), (32, 48), rng)
+    np.testing.assert_array_equal(corners, [[76, 34], [81, 31], [87, 25], [95, 17]])
+    assert rng.done()
+    # the corner stays in [0, size - crop - 1], and drifts on from where it was held
+    rng = ScriptedRng(("integers", -20, 20, [-19, -19]))
+    corners = _drifting_crops(np.array([[60, 80]] * 2), (70.0, 50.0), (32, 48), rng)
+    np.testing.assert_array_equal(corners, [[31, 27], [12, 8]])
+    np.testing.assert_array_equal(_drifting_crops(np.array([[60, 80]]), (5.0, 5.0), (32, 48), rng), [[0, 0]])
+
+
+def test_spatial_augs_compose_resize_pad_zoom_crop_and_flips():
+    """With scripted draws, each track goes through the four steps one by one: resize to crop + 64, pad, zoom
+    to the frame's size, crop at the frame's corner; then the flips."""
+    S, H, W, crop = 2, 48, 64, (32, 48)
+    trajs = np.array([[[10.0, 20.0], [30.5, 7.25]], [[12.0, 21.0], [29.0, 9.0]]], np.float32)
+    visibs = np.ones((S, 2), np.float32)
+    bh, bw = 32 + 64, 48 + 64  # 96 x 112
+    pads = [3, 5, 7, 9]  # y0, y1, x0, x1
+    ph, pw = bh + 3 + 5, bw + 7 + 9  # 104 x 128
+    for flips, sign in [((0.7, 0.2), (1, -1)), ((0.2, 0.9), (-1, 1))]:
+        rng = ScriptedRng(
+            ("integers", 0, 64, pads),
+            ("uniform", 0.25, 1.5, 1.0),
+            ("uniform", -0.01, 0.01, [0.0, 0.0]),
+            ("integers", -20, 20, [4, -2]),
+            ("random", None, None, flips[0]),
+            ("random", None, None, flips[1]),
+        )
+        out, moved = spatial_augs(ramp_clip(S, H, W), trajs, visibs, crop, rng)
+        assert rng.done() and out.shape == (S, *crop, 3)
+        sizes = [(ph, pw)] * 2  # zoom 1 throughout
+        x = (trajs[..., 0] + 0.5) * bw / W - 0.5 + 7  # resized, padded
+        y = (trajs[..., 1] + 0.5) * bh / H - 0.5 + 3
+        x = (x + 0.5) * pw / sizes[0][1] - 0.5  # zoomed (here by 1)
+        y = (y + 0.5) * ph / sizes[0][0] - 0.5
+        start = np.array([x[0].mean(), y[0].mean()])  # the mean frame-0 position of the visible points
+        x0 = np.array([int(start[0] - 24), int(start[0] - 24) + 4])
+        y0 = np.array([int(start[1] - 16), int(start[1] - 16) - 2])
+        x, y = x - x0[:, None], y - y0[:, None]
+        if sign[0] < 0:
+            x = crop[1] - 1 - x
+        if sign[1] < 0:
+            y = crop[0] - 1 - y
+        np.testing.assert_allclose(moved, np.stack([x, y], -1), atol=1e-4)
+
+
+def test_eraser_boxes_by_hand():
+    S, H, W = 3, 60, 80
+    rgbs = np.random.default_rng(0).integers(0, 256, (S, H, W, 3), dtype=np.uint8)
+    trajs = np.zeros((S, 6, 2), np.float32)
+    # pixel of a point: round(x), round(y) with halves up; box 1 covers x 40..59, y 35..44
+    trajs[2] = [[39.4, 40], [39.6, 40], [59.4, 44.4], [59.5, 40], [50, 34.5], [79.4, 2]]
+    visibs = np.ones((S, 6), np.float32)
+    rng = ScriptedRng(
+        ("random", None, None, 0.19),  # < 0.2: this clip gets occluders
+        ("random", None, None, 0.2),  # frame 1: not below 0.2, no box
+        ("random", None, None, 0.0),  # frame 2: boxes
+        ("integers", 1, 11, 2),
+        ("integers", 0, W, 50),
+        ("integers", 0, H, 40),
+        ("integers", 20, 300, [20, 10]),  # box 1: x 40..59, y 35..44
+        ("integers", 0, W, 75),
+        ("integers", 0, H, 0),
+        ("integers", 20, 300, [21, 9]),  # box 2: x round(64.5) = 64 .. 79 (the last column), y 0..3
+    )
+    out, vis = erase_occluders(rgbs, trajs, visibs, rng)
+    assert rng.done()
+    np.testing.assert_array_equal(out[:2], rgbs[:2])
+    expected = rgbs[2].copy()
+    for y0, y1, x0, x1 in [(35, 45, 40, 60), (0, 4, 64, 80)]:
+        expected[y0:y1, x0:x1] = np.round(expected[y0:y1, x0:x1].reshape(-1, 3).mean(0))
+    np.testing.assert_array_equal(out[2], expected)
+    np.testing.assert_array_equal(vis[:2], 1)
+    np.testing.assert_array_equal(vis[2], [1, 0, 0, 1, 0, 0])
+    assert visibs.min() == 1 and rgbs is not out  # inputs untouched
+    rng = ScriptedRng(("random", None, None, 0.2))  # not below p_clip: nothing happens
+    out, vis = erase_occluders(rgbs, trajs, visibs, rng)
+    np.testing.assert_array_equal(out, rgbs)
+    np.testing.assert_array_equal(vis, visibs)
+
+
+def test_just_crop_resizes_small_frames_up_first():
+    rgbs = ramp_clip(1, H=10, W=20)
+    trajs = np.array([[[0.0, 0.0], [19.0, 9.0]]], np.float32)
+    rng = ScriptedRng(("integers", 0, 1, 0), ("integers", 0, 9, 4))  # y0 in [0, 16 - 16], x0 in [0, 20 - 12]
+    out, moved = just_crop(rgbs, trajs, (16, 12), rng)
+    assert out.shape == (1, 16, 12, 3) and rng.done()
+    # height 10 -> 16: y -> (y + 0.5) * 1.6 - 0.5; the width is kept; then x - 4
+    np.testing.assert_allclose(moved[0], [[-4, 0.3], [15, 14.7]], atol=1e-5)
+    np.testing.assert_array_equal(out[0, :, 0, 0], 4 * 4)  # the crop's first column is source column 4
+
+
+@pytest.mark.parametrize(
+    "draws, branch, reversed_",
+    [([0.49, 0.69], "spatial", True), ([0.5, 0.7, 0.49], "crop", False), ([0.5, 0.7, 0.5], "resize", False)],
+)
+def test_augment_clip_chain(monkeypatch, draws, branch, reversed_):
+    """photometric -> occluders -> time reversal (p=0.5) -> spatial (p=0.7), else crop or resize (p=0.5)."""
+    calls = []
+
+    def record(name, result):
+        def fn(*args):
+            calls.append(name)
+            return result(*args)
+
+        return fn
+
+    monkeypatch.setattr(augment, "photometric_clip", record("photometric", lambda rgbs, rng: rgbs + 1))
+    monkeypatch.setattr(
+        augment, "erase_occluders", record("occluders", lambda r, t, v, rng: (r * 2, v * 0.5))
+    )
+    monkeypatch.setattr(
+        augment, "spatial_augs", record("spatial", lambda r, t, v, c, rng: (r[:, :2, :3], t + 1))
+    )
+    monkeypatch.setattr(augment, "just_crop", record("crop", lambda r, t, c, rng: (r[:, :2, :3], t + 2)))
+    monkeypatch.setattr(augment, "just_resize", record("resize", lambda r, t, c: (r[:, :2, :3], t + 3)))
+    S, N = 3, 2
+    rgbs = (
+        np.arange(S, dtype=np.uint8)[:, None, None, None].repeat(4, 1).repeat(5, 2).repeat(3, 3)
+    )  # frame t: t
+    trajs = np.arange(S * N * 2, dtype=np.float32).reshape(S, N, 2)
+    visibs, valids = np.ones((S, N), np.float32), np.arange(S * N, dtype=np.float32).reshape(S, N)
+    rng = ScriptedRng(*[("random", None, None, d) for d in draws])
+    out = augment_clip(rgbs, trajs, visibs, valids, (2, 3), rng)
+    assert calls == ["photometric", "occluders", branch] and rng.done()
+    order = slice(None, None, -1 if reversed_ else 1)
+    np.testing.assert_array_equal(out.rgbs[:, 0, 0, 0], (2 * (np.arange(S) + 1))[order])
+    shift = {"spatial": 1, "crop": 2, "resize": 3}[branch]
+    np.testing.assert_array_equal(out.trajs, trajs[order] + shift)
+    np.testing.assert_array_equal(out.visibs, visibs * 0.5)
+    np.testing.assert_array_equal(out.valids, valids[order])

@@ -404,3 +404,34 @@ def test_full_sequence_linspace_selection(pod_root):
     assert np.all(item.visibs[0] == 1) and np.all((item.visibs * item.valids).sum(0) >= 8)
     frames = load_rgbs(item.frames, [0, 5])
     assert frames.shape == (2, H, W, 3)
+
+
+def test_points_far_outside_the_frame_become_invalid(tmp_path):
+    # crop = frame size (64x96), so cropping and resizing leave the tracks as written. Official rule: a point
+    # is invisible outside [1, W-2] x [1, H-2], and invalid (not supervised) only beyond 64 px outside it
+    S, H, W = 8, 64, 96
+    t = np.arange(S, dtype=np.float32)
+    trajs = np.zeros((S, 5, 2), np.float32)
+    trajs[:, 0] = np.stack([60 + 15 * t, np.full(S, 30.0)], -1)  # x 165 > W + 64 at frame 7
+    trajs[:, 1] = [20.0, 20.0]  # still
+    trajs[:, 2] = np.stack([np.full(S, 40.0), 50 - 17 * t], -1)  # y -69 < -64 at frame 7
+    trajs[:, 3] = np.stack([55 + 15 * t, np.full(S, 10.0)], -1)  # x = W + 64 exactly at frame 7: still valid
+    trajs[:, 4] = np.stack([np.full(S, 70.0), 20 + 17 * t], -1)  # y 139 > H + 64 at frame 7
+    _write_hand_sequence(tmp_path / "train" / "hand", trajs, np.ones((S, 5), np.float32), size=(H, W))
+    ds = PointOdysseyDataset(tmp_path, "train", S=S, N=5, strides=(1,), crop_size=(H, W))
+    far = np.ones((S, 3), np.float32)
+    far[7] = 0
+    for epoch in range(4):  # just_crop or just_resize, both the identity here
+        ds.set_epoch(epoch)
+        clip = ds[0]
+        order = [int(np.flatnonzero(np.all(clip.trajs[0] == trajs[0, n], axis=-1))[0]) for n in range(5)]
+        visibs, valids, got = clip.visibs[:, order], clip.valids[:, order], clip.trajs[:, order]
+        np.testing.assert_array_equal(valids[:, [0, 2, 4]], far)
+        np.testing.assert_array_equal(valids[:, [1, 3]], 1)
+        np.testing.assert_array_equal(visibs[:, 1], 1)
+        for n in (0, 2, 3, 4):  # in the frame (1 px from the border) at frames 0..2 only
+            np.testing.assert_array_equal(visibs[:, n], [1, 1, 1, 0, 0, 0, 0, 0])
+        # the tracks are clamped to 64 px around the frame
+        clamped = [[W + 64, 30], [40, -64], [W + 64, 10], [70, H + 64]]
+        np.testing.assert_allclose(got[7, [0, 2, 3, 4]], clamped)
+        np.testing.assert_allclose(got[:7], trajs[:7])

@@ -165,14 +165,27 @@ def test_synthetic_clips_deterministic_and_well_formed():
         ds[5]
 
 
-def test_synthetic_clip_tracks_match_pixels():
-    sample = SyntheticClips(S=8, N=64, crop_size=(96, 128), seed=1)[0]
-    frames = sample.rgbs
-    start = _colours(frames[0], sample.trajs[0])
-    diffs = [
-        np.abs(_colours(frames[t], sample.trajs[t]) - start).mean(-1)[sample.visibs[t] > 0] for t in range(8)
-    ]
-    assert np.median(np.concatenate(diffs)) < 6
+def test_streamed_clips_visibility_matches_their_pixels():
+    """In the clips streamed for training, a point marked visible shows its frame-0 colour and a point in
+    the frame marked occluded shows another; points outside the frame are never visible."""
+    S, (H, W) = 8, (96, 128)
+    ds = SyntheticClips(S=S, N=128, crop_size=(H, W), length=3, seed=2)
+    diffs_vis, diffs_occ, outside = [], [], 0
+    for clip in (ds[i] for i in range(len(ds))):
+        frames = clip.rgbs  # S,H,W,3
+        start = _colours(frames[0], clip.trajs[0])
+        x, y = clip.trajs[..., 0], clip.trajs[..., 1]
+        in_frame = (x >= 0) & (x <= W - 1) & (y >= 0) & (y <= H - 1)  # S,N
+        assert np.all(clip.visibs[~in_frame] == 0)
+        outside += (~in_frame).sum()
+        for t in range(1, S):
+            diff = np.abs(_colours(frames[t], clip.trajs[t]) - start).mean(-1)  # N
+            diffs_vis.append(diff[clip.visibs[t] > 0])
+            diffs_occ.append(diff[(clip.visibs[t] == 0) & (clip.valids[t] > 0) & in_frame[t]])
+    vis, occ = np.concatenate(diffs_vis), np.concatenate(diffs_occ)
+    assert len(vis) > 1000 and len(occ) > 50 and outside > 50
+    assert np.median(vis) < 8 and np.mean(vis > 25) < 0.03
+    assert np.median(occ) > 30 and np.mean(occ > 25) > 0.8
 
 
 def test_make_synthetic_dataset_script(tmp_path):

@@ -111,6 +111,92 @@ def test_progress_counts_the_frames_of_both_passes() -> None:
     assert sum(steps) == 11 * 3 and all(s > 0 for s in steps)
 
 
+class MemoryModel(torch.nn.Module):
+    """Stands in for Pips, with an output that depends on everything a window is given.
+
+    Frames hold their global index (clock_video). Every frame but the window's first moves +1 px in x from
+    its initial position, and in y by an offset read from the templates passed in: feats1 + feats2 / 100 +
+    feats4 / 10000 (0 without templates). The templates it returns follow Pips: feats1 is kept from
+    feat_init (else 1 + the window's first frame index), feats2 is 1 + the window's first frame index and
+    feats4 1 + its last. The visibility logits are the frame index plus 1/100 of the window's first one, and
+    the confidence logits their negative.
+    """
+
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+        B, S, N, _ = trajs_e0.shape
+        stamps = rgbs[:, :, 0, 0, 0]  # B,S global frame index
+        first, last = stamps[:, 0], stamps[:, -1]  # B
+
+        def template(value: torch.Tensor) -> torch.Tensor:
+            return value.view(B, 1, 1, 1).expand(B, S, N, 1)  # B,S,N,1
+
+        coords = trajs_e0.clone()
+        coords[:, 1:, :, 0] += 1
+        if feat_init is not None:
+            f1, f2, f4 = (f[:, :S, :, 0] for f in feat_init)  # B,S,N each
+            coords[:, 1:, :, 1] += (f1 + f2 / 100 + f4 / 10000)[:, 1:]
+        feats1 = feat_init[0][:, :S] if feat_init is not None else template(first + 1)
+        feats = (feats1, template(first + 1), template(last + 1))
+        vis = (stamps + first[:, None] / 100)[..., None].expand(B, S, N)  # B,S,N
+        return PipsOutput(coords, [coords], feats, [coords], vis=vis, conf=-vis)
+
+
+def test_each_window_starts_from_the_previous_tracks_and_templates() -> None:
+    # T=10, S=4: windows [0,4), [3,7), [6,10), worked through by hand (MemoryModel's docstring)
+    xy = torch.tensor([[[5.0, 2.0], [7.0, 1.0]]])
+    out = track_from_first_frame(MemoryModel(), TensorFrames(clock_video(1, 10)), xy, S=4, iters=1)
+    dx = torch.tensor([0, 1, 1, 1, 2, 2, 2, 3, 3, 3], dtype=torch.float32)
+    # window [3,7) reads the templates of [0,4): 1 + 1/100 + 4/10000; window [6,10) those of [3,7) with the
+    # first window's feats1: 1 + 4/100 + 7/10000, on top of the y it starts from
+    dy = torch.tensor([0, 0, 0, 0] + [1.0104] * 3 + [1.0104 + 1.0407] * 3)
+    for n in range(2):
+        torch.testing.assert_close(out.tracks[0, :, n, 0], xy[0, n, 0] + dx)
+        torch.testing.assert_close(out.tracks[0, :, n, 1], xy[0, n, 1] + dy)
+    # where windows overlap, the later window's logits stand
+    vis = torch.arange(10, dtype=torch.float32) + torch.tensor([0.0] * 3 + [0.03] * 3 + [0.06] * 4)
+    torch.testing.assert_close(out.vis[0], vis[:, None].expand(10, 2))
+    torch.testing.assert_close(out.conf, -out.vis)
+
+
+def test_backward_tracks_and_logits_are_put_back_in_time_order() -> None:
+    # a query at frame 5 of 9: the forward pass covers frames 5..8, the backward pass 5..0 on reversed frames
+    # and queries at the first and the last frame, where one pass covers a single frame and calls no model
+    queries = torch.tensor([[[5.0, 20.0, 3.0], [0.0, 10.0, 4.0], [8.0, 30.0, 5.0]]])
+    out = track(MemoryModel(), TensorFrames(clock_video(1, 9)), queries, S=3, iters=1)
+    # x moves +1 per window away from the query: forward windows run over frames 5..7 and 6..8, backward
+    # windows (local frames [0,3), [2,5), [3,6)) over frames 5..3, 3..1 and 2..0
+    x = torch.tensor([23.0, 23.0, 22.0, 21.0, 21.0, 20.0, 21.0, 22.0, 22.0])
+    torch.testing.assert_close(out.tracks[0, :, 0, 0], x)
+    assert out.tracks[0, 5, 0].tolist() == [20.0, 3.0]
+    # the logits hold the frame index (as read from the pixels) wherever a frame was tracked from
+    torch.testing.assert_close(out.vis[0].round(), torch.arange(9, dtype=torch.float32)[:, None].expand(9, 3))
+    torch.testing.assert_close(out.conf, -out.vis)
+    at_start = track(MemoryModel(), TensorFrames(clock_video(1, 9)), queries[:, 1:2], S=3, iters=1)
+    torch.testing.assert_close(at_start.vis, out.vis[:, :, 1:2])
+    torch.testing.assert_close(at_start.tracks, out.tracks[:, :, 1:2])
+
+
+class GradModel(ClockModel):
+    """ClockModel whose output goes through a parameter, so that autograd would record it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+        out = super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
+        return out._replace(tracks=out.tracks * self.scale)
+
+
+def test_tracking_records_no_autograd_graph() -> None:
+    queries = torch.tensor([[[0.0, 1.0, 1.0], [4.0, 2.0, 2.0]]], requires_grad=True)
+    out = track(GradModel(), TensorFrames(clock_video(1, 7)), queries, S=3, iters=1)
+    assert not out.tracks.requires_grad and out.vis is None and out.conf is None
+    xy = torch.ones(1, 1, 2, requires_grad=True)
+    out = track_from_first_frame(GradModel(), TensorFrames(clock_video(1, 7)), xy, S=3)
+    assert not out.tracks.requires_grad
+
+
 class ClockHeadModel(ClockModel):
     """ClockModel with a visibility head whose logits are each frame's global index (and minus it)."""
 
@@ -128,3 +214,68 @@ def test_head_logits_follow_their_frames_through_windows_and_backward_passes() -
     torch.testing.assert_close(out.vis, t)
     torch.testing.assert_close(out.conf, -t)
     assert track(ClockModel(), TensorFrames(clock_video(1, T)), queries, S=4, iters=1).vis is None
+
+
+class WindowLog(ClockModel):
+    """ClockModel that also records each window's length and the iterations it is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.windows: list[tuple[int, int]] = []
+
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+        self.windows.append((rgbs.shape[1], iters))
+        return super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
+
+
+def test_the_official_window_and_iterations_by_default() -> None:
+    # 130 frames: windows [0, 128) and [2, 130) (the last one shifted back), 16 iterations each
+    video = clock_video(1, 130)
+    model = WindowLog()
+    track_from_first_frame(model, TensorFrames(video), torch.tensor([[[1.0, 1.0]]]))
+    assert model.windows == [(128, 16), (128, 16)] and [c[0] for c in model.calls] == [0, 2]
+    model = WindowLog()
+    tracks = track(model, TensorFrames(video), torch.tensor([[[129.0, 1.0, 1.0]]])).tracks
+    # the query at the last frame: the forward pass covers it alone, the backward pass all 130 frames
+    assert model.windows == [(128, 16), (128, 16)]
+    torch.testing.assert_close(tracks[0, :, 0, 0], 1.0 - 129 + torch.arange(130, dtype=torch.float32))
+    model = WindowLog()
+    track(model, TensorFrames(clock_video(1, 9)), torch.tensor([[[4.0, 1.0, 1.0]]]), S=8, iters=5)
+    assert model.windows == [(5, 5), (5, 5)]  # frames 4..8 forward and 4..0 backward, iters passed on
+
+
+def test_the_shortest_window_and_video_are_two_frames() -> None:
+    model = ClockModel()
+    out = track_from_first_frame(model, TensorFrames(clock_video(1, 4)), torch.tensor([[[3.0, 1.0]]]), S=2)
+    assert [c[0] for c in model.calls] == [0, 1, 2]  # windows [0, 2), [1, 3), [2, 4)
+    torch.testing.assert_close(out.tracks[0, :, 0, 0], torch.tensor([3.0, 4.0, 5.0, 6.0]))
+    model = ClockModel()
+    out = track_from_first_frame(model, TensorFrames(clock_video(1, 2)), torch.tensor([[[3.0, 1.0]]]), S=4)
+    assert [c[0] for c in model.calls] == [0]
+    torch.testing.assert_close(out.tracks[0, :, 0, 0], torch.tensor([3.0, 4.0]))
+    with pytest.raises(ValueError, match=r"^window length S must be at least 2, got 1$"):
+        track_from_first_frame(model, TensorFrames(clock_video(1, 4)), torch.tensor([[[3.0, 1.0]]]), S=1)
+
+
+def test_no_query_gives_empty_tracks() -> None:
+    queries = torch.zeros(2, 0, 3)
+    out = track(ClockModel(), TensorFrames(clock_video(2, 6)), queries, S=4, iters=1)
+    assert out.tracks.shape == (2, 6, 0, 2) and out.tracks.dtype == torch.float32
+    assert out.vis is None and out.conf is None
+
+
+def test_a_query_at_the_first_frame_that_does_not_decode() -> None:
+    queries = torch.tensor([[[0.0, 1.0, 1.0], [13.0, 2.0, 2.0]]])
+    with pytest.raises(ValueError, match="^a query at frame 13 lies past the 13 readable frames$"):
+        track(ClockModel(), TensorFrames(clock_video(1, 20), ends_at=13), queries, S=6, iters=1)
+
+
+def test_progress_is_not_told_of_a_window_laid_out_again_over_tracked_frames() -> None:
+    # the video ends right after the first window [0, 6): the window [5, 11) comes back short, and the window
+    # laid out again ([0, 6)) covers no new frame
+    steps: list[int] = []
+    source = TensorFrames(clock_video(1, 20), ends_at=6)
+    out = track_from_first_frame(
+        ClockModel(), source, torch.zeros(1, 1, 2), S=6, iters=1, progress=steps.append
+    )
+    assert steps == [5] and out.tracks.shape == (1, 6, 1, 2)

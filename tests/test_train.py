@@ -1,18 +1,18 @@
 import itertools
 import os
-import signal
+import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import train
-from datasets.sample import collate_clips
+from datasets.sample import ClipBatch, collate_clips
 from datasets.synthetic import SyntheticClips
-from nets.pips2 import Pips
+from nets.pips2 import Pips, PipsOutput
 from utils import checkpoint
 
 REPO = Path(__file__).parent.parent
@@ -93,28 +93,122 @@ def test_non_finite_loss_skips_the_step() -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, params))
 
 
-def test_resume_after_kill_matches_straight_run(tmp_path: Path) -> None:
-    straight = tmp_path / "straight"
-    recompute = ("--recompute", "True")  # the default; resuming must not depend on how activations are kept
-    finish(run_train(straight, "--max_steps", "10", "--save_freq", "100", "--run_name", "r", *recompute))
+S_CODE, H_CODE, W_CODE = (
+    3,
+    6,
+    10,
+)  # a clip whose pixel colours code their position: red 20 x + 5, green 20 y + 5
 
-    killed = tmp_path / "killed"
-    proc = run_train(killed, "--max_steps", "10", "--save_freq", "5", "--run_name", "r", *recompute)
-    ckpt5 = killed / "ckpt" / "r" / "model-000000005.pth"
-    while not ckpt5.exists() and proc.poll() is None:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert checkpoint.latest_checkpoint(killed / "ckpt" / "r") == ckpt5, "killed too late"
 
-    out = finish(
-        run_train(killed, "--max_steps", "10", "--save_freq", "5", "--run_name", "r", "--resume", *recompute)
+def position_coded_batch() -> tuple[ClipBatch, torch.Tensor]:
+    """B=2 clips of a canvas 6 high and 10 + 3 wide seen through a window moving 1 px/frame, with four points
+    on it -> the batch (B,S,H,W,3 uint8 frames, tracks in the window) and the points' canvas x,y (B,N,2)."""
+    yy, xx = np.mgrid[:H_CODE, : W_CODE + S_CODE]
+    canvas = np.stack([20 * xx + 5, 20 * yy + 5, np.full_like(xx, 99)], -1).astype(np.uint8)  # H,W+S,3
+    frames = np.stack([canvas[:, s : s + W_CODE] for s in range(S_CODE)])  # S,H,W,3
+    canvas_xy = torch.tensor(
+        [[[3.0, 1.0], [5.0, 4.0], [8.0, 2.0], [9.0, 5.0]], [[4.0, 0.0], [6.0, 3.0], [7.0, 5.0], [3.0, 2.0]]]
     )
-    assert "resuming at step 5" in out and "step 000006/10" in out
-    a = weights(straight / "ckpt" / "r" / "model-000000010.pth")
-    b = weights(killed / "ckpt" / "r" / "model-000000010.pth")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+    trajs = canvas_xy[:, None].repeat(1, S_CODE, 1, 1)  # B,S,N,2
+    trajs[..., 0] -= torch.arange(S_CODE, dtype=torch.float32)[None, :, None]  # the window moves right
+    ones = torch.ones(2, S_CODE, 4)
+    return ClipBatch(torch.from_numpy(frames)[None].repeat(2, 1, 1, 1, 1), trajs, ones, ones), canvas_xy
+
+
+class ColourSearch(torch.nn.Module):
+    """Stands in for Pips: finds, in every frame it is given, the pixel of the colour under each point's
+    initial frame-0 position, so its tracks are exact in the frames' own coordinates."""
+
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+        B, S, _, H, W = rgbs.shape
+        inside = (
+            (trajs_e0 >= 0).all() and (trajs_e0[..., 0] <= W - 1).all() and (trajs_e0[..., 1] <= H - 1).all()
+        )
+        assert inside, "initial tracks outside the frames"
+        x0 = trajs_e0[:, 0, :, 0].round().long().clamp(0, W - 1)  # B,N
+        y0 = trajs_e0[:, 0, :, 1].round().long().clamp(0, H - 1)  # B,N
+        code = rgbs[:, :, 0] * 256 + rgbs[:, :, 1]  # B,S,H,W
+        wanted = torch.stack([code[b, 0, y0[b], x0[b]] for b in range(B)])  # B,N
+        hits = (code.flatten(2)[:, :, None] == wanted[:, None, :, None]).float().argmax(-1)  # B,S,N
+        tracks = torch.stack([hits % W, hits // W], -1).float()  # B,S,N,2
+        feats = tuple(torch.zeros(B, S, trajs_e0.shape[2], 1) for _ in range(3))
+        return PipsOutput(tracks, [tracks], feats, [tracks])
+
+
+def test_transpose_augmentation_keeps_the_tracks_on_their_pixels() -> None:
+    batch, canvas_xy = position_coded_batch()
+    seen = set()
+    for seed in range(8):
+        res = train.run_model(ColourSearch(), batch, 1, torch.Generator().manual_seed(seed), train=True)
+        frames, trajs_g = res.batch.rgbs, res.batch.trajs  # B,S,H,W,3
+        transposed = frames.shape[2:4] == (W_CODE, H_CODE)
+        seen.add(transposed)
+        assert transposed or frames.shape[2:4] == (H_CODE, W_CODE)
+        # under every ground-truth position, the frame the model is given shows that point's canvas colour
+        x, y = trajs_g[..., 0].long(), trajs_g[..., 1].long()  # B,S,N
+        assert (x < frames.shape[3]).all() and (y < frames.shape[2]).all(), "the tracks leave the frames"
+        b, s = torch.meshgrid(torch.arange(2), torch.arange(S_CODE), indexing="ij")  # B,S
+        colour = frames[b[..., None], s[..., None], y, x]  # B,S,N,3
+        torch.testing.assert_close(
+            colour[..., :2].float(), (20 * canvas_xy[:, None] + 5).expand(2, S_CODE, 4, 2)
+        )
+        # a tracker exact on those frames is exact against the ground truth: zero loss, d_avg 100
+        assert res.loss.item() == 0.0
+        assert train.metrics_of(res)["d_avg"] == 100.0
+    assert seen == {False, True}
+
+
+def test_initial_tracks_start_exact_and_spread_over_the_frame() -> None:
+    B, S, N, H, W = 2, 5, 400, 6, 10
+    trajs_g = torch.zeros(B, S, N, 2)
+    trajs_g[:, 0] = 3.0
+    e0 = train.initial_trajs(trajs_g, torch.Generator().manual_seed(0), H, W)
+    assert torch.equal(e0[:, 0], trajs_g[:, 0])  # frame 0 is the query
+    still = (e0[:, 1:] == 3.0).all(-1).all(1)  # B,N: zero-velocity tracks
+    assert 0.4 < still.float().mean() < 0.6
+    moving = e0[:, 1:][~still[:, None].expand(B, S - 1, N)]  # random positions blended with the truth (0, 0)
+    assert moving.min() >= 0 and moving[:, 0].max() <= W - 1 and moving[:, 1].max() <= H - 1
+    assert moving[:, 0].max() > 0.8 * (W - 1) and moving[:, 1].max() > 0.8 * (H - 1)
+
+
+def test_resume_continues_the_run_exactly(tmp_path: Path) -> None:
+    """A run stopped after its step-5 checkpoint (as a kill leaves it: the next checkpoint's temporary file
+    half written) and resumed ends where a straight run ends, with the official schedule's learning rate."""
+    straight = tmp_path / "straight"
+    finish(run_train(straight, "--max_steps", "10", "--save_freq", "5", "--run_name", "r"))
+    ckpts = straight / "ckpt" / "r"
+    assert [p.name for p in checkpoint.list_checkpoints(ckpts)] == [
+        "model-000000005.pth",
+        "model-000000010.pth",
+    ]
+
+    stopped = tmp_path / "stopped" / "ckpt" / "r"
+    stopped.mkdir(parents=True)
+    shutil.copy(ckpts / "model-000000005.pth", stopped)
+    (stopped / ".model-x1y2z3.tmp").write_bytes((ckpts / "model-000000010.pth").read_bytes()[:5000])
+    out = finish(
+        run_train(
+            tmp_path / "stopped", "--max_steps", "10", "--save_freq", "5", "--run_name", "r", "--resume"
+        )
+    )
+    assert "resuming at step 5" in out and "step 000005/10" not in out
+    assert [line.split("; ")[1] for line in out.splitlines() if "; step " in line] == [
+        f"step {k:06d}/10" for k in range(6, 11)
+    ]
+    a = torch.load(ckpts / "model-000000010.pth", weights_only=True)
+    b = torch.load(stopped / "model-000000010.pth", weights_only=True)
+    for k, v in a["model_state_dict"].items():
+        torch.testing.assert_close(v, b["model_state_dict"][k], atol=1e-5, rtol=1e-4, msg=k)
+    at5 = torch.load(ckpts / "model-000000005.pth", weights_only=True)
+    assert not torch.equal(
+        at5["model_state_dict"]["fnet.conv1.weight"], b["model_state_dict"]["fnet.conv1.weight"]
+    )
+    # OneCycleLR over max_steps + 100 = 110 steps, 10% warm-up from lr/25 (lr = 5e-4): step 5 is halfway up
+    # (lr/25 + (lr - lr/25) * 5/10), step 10 is the peak
+    for state, step, lr in [(at5, 5, 2.6e-4), (b, 10, 5e-4)]:
+        assert state["step"] == step and state["scheduler_state_dict"]["last_epoch"] == step
+        assert state["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(lr, rel=1e-9)
+        assert all(v["step"] == step for v in state["optimizer_state_dict"]["state"].values())
 
 
 def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
