@@ -153,13 +153,19 @@ def check_interpreted_cases() -> None:
         )
 
 
-def test_fused_corr_matches_pytorch_in_interpreter() -> None:
+def run_interpreted(function: str) -> subprocess.CompletedProcess:
+    """tests.test_fast_path.<function>() in a child process under Triton's interpreter; it must succeed."""
     pytest.importorskip("triton")
-    child = "from tests.test_fast_path import check_interpreted_cases; check_interpreted_cases()"
+    child = f"from tests.test_fast_path import {function}; {function}()"
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", child], cwd=root, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_fused_corr_matches_pytorch_in_interpreter() -> None:
+    run_interpreted("check_interpreted_cases")
 
 
 def check_self_check_cases() -> None:
@@ -199,12 +205,7 @@ def check_self_check_cases() -> None:
 
 
 def test_fused_kernel_proves_itself_in_interpreter() -> None:
-    pytest.importorskip("triton")
-    child = "from tests.test_fast_path import check_self_check_cases; check_self_check_cases()"
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", child], cwd=root, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_interpreted("check_self_check_cases")
     warnings = [line for line in proc.stderr.splitlines() if "fused correlation kernel switched off" in line]
     assert len(warnings) == 2 and all(w.endswith("; using the PyTorch path instead") for w in warnings)
 
