@@ -235,5 +235,5 @@ def read_weights(init_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
         return read_newest(init_dir)
     except FileNotFoundError as e:
         raise FileNotFoundError(
-            f"{e}. Run ./get_reference_model.sh to download the reference model, or pass --init_dir"
+            f"{e}. Run ./get_reference_model.sh to download the reference model, or give a checkpoint's path"
         ) from None
