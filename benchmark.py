@@ -14,9 +14,10 @@ peak, or on CPU the growth of the process's peak resident memory (Linux).
 
 Training configs run twice per path, with recomputation (Pips.set_recompute) off (everything stored) and
 on; the table puts the two side by side with their ratios. On CPU each training row runs in a process of its
-own under a memory cap (RLIMIT_DATA, --mem_cap_gib), so a row that needs more becomes an "out of memory" row
-instead of exhausting the machine; its peak is that process's whole peak resident memory (VmHWM, as
-`/usr/bin/time -v` reports it), and its FLOPs are counted in the process of its exact store-everything row.
+own, killed once its resident memory passes a cap (--mem_cap_gib), so a row that needs more becomes an
+"out of memory" row instead of exhausting the machine; its peak is that process's whole peak resident memory
+(VmHWM, as `/usr/bin/time -v` reports it), and its FLOPs are counted in the process of its exact
+store-everything row.
 
 With --agree_ckpt, the weights of a trained model track held-out synthetic clips from zero velocity on both
 paths (the fast path autocasts per --precision, on CPU too); it reports the distance between the two paths'
@@ -33,7 +34,6 @@ import itertools
 import json
 import multiprocessing
 import platform
-import resource
 import statistics
 import tempfile
 import time
@@ -278,9 +278,8 @@ def measure_training_row(
     return {"flops": flops, "times_s": times, "peak_gib": _proc_status_kib("VmHWM") / 2**20}
 
 
-def _training_row_process(conn: Connection, cap_bytes: int, job: dict) -> None:
-    """Entry of a row's own process: measure under the memory cap and send back the result."""
-    resource.setrlimit(resource.RLIMIT_DATA, (cap_bytes, cap_bytes))
+def _training_row_process(conn: Connection, job: dict) -> None:
+    """Entry of a row's own process: measure and send back the result."""
     try:
         result = measure_training_row(**job)
     except (MemoryError, RuntimeError) as error:
@@ -290,14 +289,29 @@ def _training_row_process(conn: Connection, cap_bytes: int, job: dict) -> None:
     conn.send(result)
 
 
-def measure_in_capped_process(job: dict, cap_gib: float) -> dict:
-    """measure_training_row(**job) in a fresh process whose data segment is capped at `cap_gib`."""
+def _resident_kib(pid: int) -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def measure_in_capped_process(job: dict, cap_gib: float, poll_s: float = 0.02) -> dict:
+    """measure_training_row(**job) in a fresh process that is killed once its resident memory passes
+    `cap_gib` (watched every `poll_s` seconds; a peak over the cap between two looks counts as over too)."""
     context = multiprocessing.get_context("spawn")  # a clean process: no forked threads or allocator state
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_training_row_process, args=(send, int(cap_gib * 2**30), job))
+    process = context.Process(target=_training_row_process, args=(send, job))
     process.start()
     send.close()
+    cap_kib, result = cap_gib * 2**20, None
     try:
+        while not receive.poll(poll_s):
+            if _resident_kib(process.pid) > cap_kib:
+                process.kill()
+                process.join()
+                return {"error": "out of memory"}
         result = receive.recv()
     except EOFError:  # it died without an answer
         result = None
@@ -306,6 +320,8 @@ def measure_in_capped_process(job: dict, cap_gib: float) -> dict:
         if process.exitcode is not None and process.exitcode < 0:  # e.g. the kernel's OOM killer
             return {"error": f"killed (signal {-process.exitcode})"}
         raise RuntimeError(f"{job['cfg'].name} ({job['path']}) failed with exit code {process.exitcode}")
+    if result.get("peak_gib", 0.0) > cap_gib:
+        return {"error": "out of memory"}
     return result
 
 
@@ -537,7 +553,7 @@ def main(
     train: bool = False,  # custom shape: time a training step instead of an inference forward
     paths: str = "exact,fast",  # comma-separated paths to time: exact (float32) and/or fast
     recompute: str = "off,on",  # training configs: Pips.set_recompute states to time, off and/or on
-    mem_cap_gib: float = 0.0,  # CPU training rows: memory cap of each row's process; 0 = half the available
+    mem_cap_gib: float = 0.0,  # CPU training rows: each row's resident-memory cap; 0 = 80% of the available
     precision: str = "auto",  # fast path's autocast: auto (bf16 to train, fp16 to infer), bf16, fp16, fp32
     compile: bool = False,  # torch.compile the encoder and delta block of the fast path
     warmup: int = 1,  # untimed calls before timing (the FLOP count runs one more)
@@ -575,7 +591,7 @@ def main(
         return
     path_list = parse_choices(paths, ("exact", "fast"), "paths")
     states = parse_choices(recompute, tuple(RECOMPUTE), "recompute")
-    mem_cap_gib = mem_cap_gib or (available_memory_gib() or 8.0) / 2
+    mem_cap_gib = mem_cap_gib or 0.8 * (available_memory_gib() or 8.0)
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     if S > 0:
