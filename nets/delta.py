@@ -65,10 +65,11 @@ class DeltaBlock(nn.Module):
         base_filters: int = 128,
         num_blocks: int = 8,
         kernel_size: int = 3,
+        extra_dim: int = 0,
     ) -> None:
         super().__init__()
         self.latent_dim = latent_dim
-        in_dim = num_templates * corr_levels * (2 * corr_radius + 1) ** 2 + latent_dim + 2
+        in_dim = num_templates * corr_levels * (2 * corr_radius + 1) ** 2 + extra_dim + latent_dim + 2
         self.first_block_conv = Conv1dPad(in_dim, base_filters, kernel_size)
         blocks = []
         for i in range(num_blocks):
@@ -79,7 +80,8 @@ class DeltaBlock(nn.Module):
         self.dense = nn.Linear(out_ch, 2)
 
     def forward(self, fcorrs: torch.Tensor, flows: torch.Tensor) -> torch.Tensor:
-        """fcorrs BN,S,L*(2R+1)^2*3 and flows BN,S,2 (feature pixels) -> BN,S,2 coordinate updates."""
+        """fcorrs BN,S,L*(2R+1)^2*3 (+ extra_dim more features) and flows BN,S,2 (feature pixels) -> BN,S,2
+        coordinate updates."""
         x = torch.cat([fcorrs, posemb_sincos_2d_xy(flows, self.latent_dim)], dim=2)  # BN,S,718
         # raw flows and correlations in, coordinate updates out: these two layers stay float32 under
         # autocast (bf16 rounding there moves the tracks most, for about 2% of the block's FLOPs)

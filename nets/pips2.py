@@ -74,15 +74,16 @@ def _ieee_float32(device: torch.device) -> Iterator[None]:
 
 
 VIS_HEAD_PREFIX = "vis_head."  # the parameters of the optional visibility head
+EDGE_UNIT = 4.0  # feature pixels: the visibility head sees distances to the frame's edge up to this far
 
 
 class Pips(nn.Module):
     """PIPs++ with the official parameter names, so the published checkpoint loads with strict=True.
 
-    With vis_head=True a small delta block (prefix vis_head.*) reads the correlations at the final tracks
-    and their motion, and gives per frame and point a visibility logit and a confidence logit (is the track
-    within a few pixels?). It runs after the refinement, so the tracks are those of the same backbone
-    without it.
+    With vis_head=True a small delta block (prefix vis_head.*) reads the correlations at the final tracks,
+    their motion and their distance to the frame's edge (a point outside the frame is not visible), and gives
+    per frame and point a visibility logit and a confidence logit (is the track within a few pixels?). It runs
+    after the refinement, so the tracks are those of the same backbone without it.
     """
 
     def __init__(
@@ -103,7 +104,7 @@ class Pips(nn.Module):
         # present in the official checkpoint, unused by its forward; kept so strict loading works both ways
         self.norm = nn.GroupNorm(1, latent_dim)
         self.vis_head = (
-            DeltaBlock(latent_dim, corr_levels, corr_radius, base_filters=64, num_blocks=4)
+            DeltaBlock(latent_dim, corr_levels, corr_radius, base_filters=64, num_blocks=4, extra_dim=1)
             if vis_head
             else None
         )
@@ -278,8 +279,18 @@ class Pips(nn.Module):
         if self.vis_head is not None:
             coords = coords.detach()
             fcorrs = corr.sample_concat((feats1, feats2, feats4), coords)  # B,S,N,3LRR at the final tracks
+            fcorrs = torch.cat([fcorrs, self.edge_distance(coords, fmaps.shape[-2:])], -1)  # B,S,N,3LRR+1
             vis, conf = self._run_block(self.vis_head, fcorrs, coords, dtype).unbind(-1)  # B,S,N each
         return PipsOutput(tracks, preds, (feats1, feats2, feats4), [*coords_anim, tracks], vis, conf)
+
+    def edge_distance(self, coords: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """B,S,N,1 signed distance of coords B,S,N,2 (feature pixels) to the edge of the frame whose feature
+        map is `size` (H8,W8): positive inside, negative outside, in units of EDGE_UNIT feature pixels and
+        clipped to [-1,1]."""
+        x_max, y_max = ((n * self.stride - 1) / self.stride for n in reversed(size))
+        x, y = coords.unbind(-1)
+        inside = torch.stack([x, x_max - x, y, y_max - y], -1).amin(-1, keepdim=True)
+        return (inside / EDGE_UNIT).clamp(-1, 1)
 
     def predict_delta(
         self, fcorrs: torch.Tensor, coords: torch.Tensor, dtype: torch.dtype | None = None

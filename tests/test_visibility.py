@@ -83,6 +83,16 @@ def test_reference_weights_load_into_a_model_with_the_head(tmp_path: Path, caplo
         build_model(tmp_path / "broken.pth", "cpu", vis_head=True)
 
 
+def test_the_head_sees_each_track_s_distance_to_the_frame_s_edge() -> None:
+    # a 48x32 frame at stride 8: feature maps 6x4, the last pixel centre at x 47/8 = 5.875, y 31/8 = 3.875
+    coords = torch.tensor([[1.0, 2.0], [5.0, 1.5], [5.875, 2.0], [-2.0, 2.0], [3.0, 4.375], [100.0, -50.0]])
+    edge = Pips().edge_distance(coords[None, None], (4, 6))
+    assert edge.shape == (1, 1, 6, 1)
+    # inside by min(x, 5.875 - x, y, 3.875 - y) feature pixels, in units of 4, clipped to [-1, 1]
+    expected = torch.tensor([1.0, 0.875, 0.0, -2.0, -0.5, -4.0]) / 4
+    assert torch.allclose(edge.flatten(), expected.clamp(min=-1))
+
+
 def test_visibility_loss_by_hand() -> None:
     vis = torch.tensor([[[2.0, -1.0]]])  # B,S,N = 1,1,2
     conf = torch.tensor([[[0.0, 3.0]]])
