@@ -54,6 +54,31 @@ def test_windows_overlap_by_one_and_last_is_shifted_back(T: int, S: int, starts:
     torch.testing.assert_close(out[0, :, 0, 0], 5.0 + torch.arange(T, dtype=torch.float32))
 
 
+class InitRecorder(ClockModel):
+    """ClockModel that also records the initial tracks of every window."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inits: list[torch.Tensor] = []
+
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+        self.inits.append(trajs_e0.clone())
+        return super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
+
+
+def test_later_windows_start_from_the_last_estimate_with_zero_velocity() -> None:
+    # T=11, S=4: windows [0,4), [3,7), [6,10) and [7,11) shifted back; the point moves +1 px/frame from x=5.
+    # The first window ends at x=8 (frame 3), the second at 11 (frame 6): each later window starts still
+    # there. The last one starts from the estimates 12, 13, 14 of frames 7..9 and 14 again at frame 10
+    model = InitRecorder()
+    xy = torch.tensor([[[5.0, 2.0]]])
+    track_from_first_frame(model, TensorFrames(clock_video(1, 11)), xy, S=4, iters=1)
+    expected = [[5, 5, 5, 5], [8, 8, 8, 8], [11, 11, 11, 11], [12, 13, 14, 14]]
+    assert len(model.inits) == len(expected)
+    for init, x in zip(model.inits, expected, strict=True):
+        torch.testing.assert_close(init[0, :, 0], torch.tensor([[float(v), 2.0] for v in x]))
+
+
 def test_queries_at_middle_frames_are_tracked_backward_and_forward() -> None:
     T = 13
     queries = torch.tensor(
