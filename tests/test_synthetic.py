@@ -132,6 +132,15 @@ def test_visible_in_by_hand():
     np.testing.assert_array_equal(visible_in(inst, trajs, valids, ids), [1, 1, 0, 0, 0, 0])
 
 
+def test_visible_in_the_frame_is_closed_at_the_last_pixel_centres():
+    # W=5, H=4, all background: [0, 4] x [0, 3] is inside, edges included; a hundredth past them is not
+    inst = np.ones((4, 5), np.uint8)
+    trajs = np.array([[4.0, 3.0], [4.0, 0.0], [0.0, 3.0], [4.01, 3.0], [2.0, 3.01], [-0.01, 1.0]], np.float32)
+    valids = np.ones(6, np.float32)
+    ids = np.ones(6, int)
+    np.testing.assert_array_equal(visible_in(inst, trajs, valids, ids), [1, 1, 1, 0, 0, 0])
+
+
 def test_select_points_spreads_over_layers():
     layer_ids = np.array([1] * 900 + [2] * 90 + [3] * 10)
     candidates = np.ones(1000, bool)
