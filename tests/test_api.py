@@ -362,11 +362,12 @@ def test_float16_guard_passes_the_window_on() -> None:
     model = CallLog(torch.float16)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        Float16Guard(model)(e0, rgbs, iters=3, feat_init=feats)
-    assert model.seen == [(3, feats, None), (3, feats, torch.float32)]
+        Float16Guard(model)(e0, rgbs, iters=5, feat_init=feats)
+    assert model.seen == [(5, feats, None), (5, feats, torch.float32)]
     assert [str(w.message) for w in caught] == [
         "float16 overflowed in a window; that window is redone in float32"
     ]
+    assert caught[0].filename == __file__  # the warning points at the caller's line
     model = CallLog()
     Float16Guard(model)(e0, rgbs, iters=2, feat_init=feats)
     assert model.seen == [(2, feats, None)]

@@ -302,6 +302,10 @@ def test_drifting_crop_by_hand():
     corners = _drifting_crops(np.array([[60, 80]] * 2), (70.0, 50.0), (32, 48), rng)
     np.testing.assert_array_equal(corners, [[31, 27], [12, 8]])
     np.testing.assert_array_equal(_drifting_crops(np.array([[60, 80]]), (5.0, 5.0), (32, 48), rng), [[0, 0]])
+    # an odd crop centres on the start less its integer half: int(100.2 - 23), int(50.2 - 15)
+    np.testing.assert_array_equal(
+        _drifting_crops(np.array([[200, 300]]), (100.2, 50.2), (31, 47), rng), [[77, 35]]
+    )
 
 
 def test_spatial_augs_compose_resize_pad_zoom_crop_and_flips():
@@ -338,6 +342,33 @@ def test_spatial_augs_compose_resize_pad_zoom_crop_and_flips():
         if sign[1] < 0:
             y = crop[0] - 1 - y
         np.testing.assert_allclose(moved, np.stack([x, y], -1), atol=1e-4)
+
+
+def test_spatial_augs_crop_held_at_the_corner():
+    """Frame 0's only visible point sits at the top-left, so the crop is held at the padded frame's corner:
+    the tracks are then the resized and padded positions themselves, with no crop offset to hide a wrong
+    offset, and the padding is black."""
+    S, H, W, crop = 2, 48, 64, (32, 48)
+    trajs = np.array([[[0.0, 0.0], [60.0, 40.0]], [[60.0, 40.0], [1.0, 2.0]]], np.float32)
+    visibs = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)  # frame 1's visible point must not place the crop
+    rng = ScriptedRng(
+        ("integers", 0, 64, [3, 5, 7, 9]),  # pads y0, y1, x0, x1
+        ("uniform", 0.25, 1.5, 1.0),
+        ("uniform", -0.01, 0.01, [0.0, 0.0]),
+        ("integers", -20, 20, [0, 0]),
+        ("random", None, None, 0.9),  # no flips
+        ("random", None, None, 0.9),
+    )
+    out, moved = spatial_augs(ramp_clip(S, H, W), trajs, visibs, crop, rng)
+    assert rng.done()
+    # resized to 112 x 96 by the pixel-centre rule, then 7 px of padding on the left and 3 on top
+    x = (trajs[..., 0] + 0.5) * 112 / 64 - 0.5 + 7
+    y = (trajs[..., 1] + 0.5) * 96 / 48 - 0.5 + 3
+    np.testing.assert_allclose(moved, np.stack([x, y], -1), atol=1e-4)
+    # output x maps to source (x - 7.375) / 1.75 and y to (y - 3.5) / 2: columns 0..5 and rows 0..1 read
+    # only the black border; the blue channel is 128 wherever the frame is
+    assert not out[:, :, :6].any() and not out[:, :2].any()
+    assert (out[:, 4:, 8:, 2] == 128).all()
 
 
 def test_eraser_boxes_by_hand():

@@ -48,22 +48,27 @@ def bce(logit: float, target: float) -> float:
 
 
 def test_visibility_loss_by_hand():
-    # B=1, S=2, N=2; point 1 is invalid at frame 1. Confident means strictly within 8 px of the ground truth:
-    # frame 0 point 0 exact (yes), point 1 8 px off in y (no); frame 1 point 0 off by (3, 4) = 5 px (yes)
-    trajs_g = torch.tensor([[[[10.0, 20.0], [30.0, 40.0]], [[12.0, 22.0], [31.0, 45.0]]]])
-    tracks = torch.tensor([[[[10.0, 20.0], [30.0, 48.0]], [[15.0, 26.0], [31.0, 45.0]]]])
-    visibs = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])
-    valids = torch.tensor([[[1.0, 1.0], [1.0, 0.0]]])
-    vis = torch.tensor([[[1.5, -0.5], [0.25, 3.0]]], requires_grad=True)
-    conf = torch.tensor([[[2.0, -1.0], [0.5, 4.0]]], requires_grad=True)
-    vis_term = (bce(1.5, 1) + bce(-0.5, 0) + bce(0.25, 1)) / (3 + 1e-6)
-    conf_term = (bce(2.0, 1) + bce(-1.0, 0) + bce(0.5, 1)) / (3 + 1e-6)
+    # B=1, S=2, N=3; point 1 is invalid at frame 1. Confident means strictly within 8 px of the ground truth:
+    # frame 0 point 0 exact (yes), point 1 8 px off in y (no); frame 1 point 0 off by (3, 4) = 5 px (yes);
+    # point 2 is 6 px off in x at both frames (yes)
+    trajs_g = torch.tensor(
+        [[[[10.0, 20.0], [30.0, 40.0], [0.0, 0.0]], [[12.0, 22.0], [31.0, 45.0], [0.0, 0.0]]]]
+    )
+    tracks = torch.tensor(
+        [[[[10.0, 20.0], [30.0, 48.0], [6.0, 0.0]], [[15.0, 26.0], [31.0, 45.0], [6.0, 0.0]]]]
+    )
+    visibs = torch.tensor([[[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]]])
+    valids = torch.tensor([[[1.0, 1.0, 1.0], [1.0, 0.0, 1.0]]])
+    vis = torch.tensor([[[1.5, -0.5, -1.0], [0.25, 3.0, 2.0]]], requires_grad=True)
+    conf = torch.tensor([[[2.0, -1.0, 1.0], [0.5, 4.0, -3.0]]], requires_grad=True)
+    vis_term = (bce(1.5, 1) + bce(-0.5, 0) + bce(-1.0, 1) + bce(0.25, 1) + bce(2.0, 1)) / (5 + 1e-6)
+    conf_term = (bce(2.0, 1) + bce(-1.0, 0) + bce(1.0, 1) + bce(0.5, 1) + bce(-3.0, 1)) / (5 + 1e-6)
     loss = visibility_loss(vis, conf, tracks, trajs_g, visibs, valids)
     assert loss.item() == pytest.approx(vis_term + conf_term, rel=1e-6)
     loss.backward()
-    # d bce / d logit = sigmoid(logit) - target, over the 3 valid entries
+    # d bce / d logit = sigmoid(logit) - target, over the 5 valid entries
     sigmoid = torch.sigmoid(vis.detach())
-    torch.testing.assert_close(vis.grad, (sigmoid - visibs) * valids / (3 + 1e-6))
+    torch.testing.assert_close(vis.grad, (sigmoid - visibs) * valids / (5 + 1e-6))
     closer = visibility_loss(vis, conf, tracks, trajs_g, visibs, valids, conf_px=8.5)  # now point 1 is close
-    conf_term = (bce(2.0, 1) + bce(-1.0, 1) + bce(0.5, 1)) / (3 + 1e-6)
+    conf_term = (bce(2.0, 1) + bce(-1.0, 1) + bce(1.0, 1) + bce(0.5, 1) + bce(-3.0, 1)) / (5 + 1e-6)
     assert closer.item() == pytest.approx(vis_term + conf_term, rel=1e-6)
