@@ -323,6 +323,18 @@ def test_optional_parameters_may_be_missing_and_are_named_once(tmp_path: Path, c
         checkpoint.load_state(path, state, WithHead(), optional=("head.",))  # only head.* may be missing
     with pytest.raises(ValueError, match=r"missing 1 \['fc.bias'\]"):
         checkpoint.load_state(path, state, Tiny())  # strict by default
+    caplog.clear()
+    fc_only = {
+        "step": 4,
+        "model_state_dict": {k: v for k, v in Tiny(seed=1).state_dict().items() if "fc." in k},
+    }
+    with caplog.at_level("WARNING", logger="utils.checkpoint"):
+        checkpoint.load_state(
+            path, fc_only, WithHead(), optional=("norm.", "head.")
+        )  # both absent, named once
+    assert [r.getMessage() for r in caplog.records] == [
+        f"checkpoint {path} has no head.*, norm.* parameters: they start from their initialisation, untrained"
+    ]
 
 
 def test_mismatch_lists_six_names_of_each_kind(tmp_path: Path) -> None:
