@@ -1,0 +1,36 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.mutation_score import scores
+
+
+def write_meta(path: Path, codes: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"exit_code_by_key": codes}))
+
+
+def test_scores_count_kills_and_timeouts_over_checked_mutants(tmp_path: Path) -> None:
+    # killed (1, 3), timed out (36), survived (0), no tests (33), skipped (34), not yet checked (None)
+    write_meta(
+        tmp_path / "utils" / "a.py.meta",
+        {"m1": 1, "m2": 3, "m3": 36, "m4": 0, "m5": 33, "m6": 34, "m7": None},
+    )
+    write_meta(tmp_path / "nets" / "b.py.meta", {"m1": 1})
+    assert scores(tmp_path) == [("nets/b.py", 1, 1), ("utils/a.py", 3, 5)]
+
+
+def test_the_command_fails_below_the_minimum_and_without_results(tmp_path: Path) -> None:
+    write_meta(tmp_path / "utils" / "a.py.meta", {"m1": 1, "m2": 1, "m3": 1, "m4": 0})
+    root = Path(__file__).resolve().parents[1]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "tests.mutation_score", "--mutants", *args]
+        return subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+
+    ok = run(str(tmp_path), "--min", "75")
+    assert ok.returncode == 0 and "utils/a.py" in ok.stdout and "75.0%" in ok.stdout
+    assert run(str(tmp_path), "--min", "76").returncode == 1
+    empty = run(str(tmp_path / "none"))
+    assert empty.returncode == 2 and "no mutation results" in empty.stderr
