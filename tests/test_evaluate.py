@@ -346,10 +346,65 @@ def test_a_dataset_without_a_skipped_list() -> None:
 def test_reading_and_model_time_are_told_apart(monkeypatch) -> None:
     # a clock that ticks one second per reading: each window's read takes one tick, the tracking of the 5
     # frames (windows [0, 3) and [2, 5)) five in all: 2 s reading, 3 s the rest
-    ticks = iter(range(1000))
+    ticks = iter(range(100, 1000))  # a clock far from zero: differences, not sums, of its readings
     monkeypatch.setattr(time, "perf_counter", lambda: float(next(ticks)))
     row, _ = evaluate_sequence(StillModel(), ramp_sequence(), EvalProtocol(EVAL_HW, S=3, iters=1))
     assert (row["rtime"], row["itime"]) == (2.0, 3.0)
+
+
+class Bar:
+    """Stands in for tqdm: records its settings and the counts it is given."""
+
+    made: list["Bar"] = []
+    lines: list[str] = []
+
+    def __init__(self, iterable=None, *, total=None, desc=None, unit="it", leave=True) -> None:
+        self.iterable, self.total, self.desc, self.unit, self.leave, self.n = (
+            iterable,
+            total,
+            desc,
+            unit,
+            leave,
+            0,
+        )
+        Bar.made.append(self)
+
+    def __iter__(self):
+        for x in self.iterable:
+            self.n += 1
+            yield x
+
+    def __enter__(self) -> "Bar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    @staticmethod
+    def write(line: str) -> None:
+        Bar.lines.append(line)
+
+
+def test_progress_bars_count_each_frame_and_video_once(monkeypatch) -> None:
+    Bar.made, Bar.lines = [], []
+    monkeypatch.setattr(tracking.evaluate, "tqdm", Bar)
+    evaluate_dataset(
+        StillModel(), ListDataset([ramp_sequence(7), ramp_sequence(5)]), EvalProtocol(EVAL_HW, S=3, iters=1)
+    )
+    videos, *frames = Bar.made
+    assert (videos.desc, videos.unit, videos.n) == ("videos", "video", 2)
+    # one bar per sequence, named after it, gone when done, that ends at the sequence's frame count
+    assert [(b.desc, b.unit, b.leave, b.total, b.n) for b in frames] == [
+        ("ramp", "frame", False, 7, 7),
+        ("ramp", "frame", False, 5, 5),
+    ]
+    assert [line.split(";")[:2] for line in Bar.lines] == [
+        ["ramp", " step 000001/2"],
+        ["ramp", " step 000002/2"],
+    ]
 
 
 def test_visibility_metrics_at_the_thresholds_by_hand() -> None:
