@@ -243,8 +243,12 @@ def test_augment_clip_rejects_bad_shapes():
     ok = np.zeros((3, 4), dtype=np.float32)
     with pytest.raises(ValueError, match="trajs must be S,N,2 with S=3"):
         augment_clip(rgbs, np.zeros((2, 4, 2), np.float32), ok, ok, (8, 8), np.random.default_rng(0))
-    with pytest.raises(ValueError, match="valids must be"):
+    with pytest.raises(ValueError, match=r"^valids must be \(3, 4\), got \(3, 2\)$"):
         augment_clip(rgbs, np.zeros((3, 4, 2), np.float32), ok, ok[:, :2], (8, 8), np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"^visibs must be \(3, 4\), got \(3, 2\)$"):
+        augment_clip(rgbs, np.zeros((3, 4, 2), np.float32), ok[:, :2], ok, (8, 8), np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"rgbs must be S,H,W,3 uint8, got \(10, 10, 3\) uint8"):
+        augment_clip(rgbs[0], np.zeros((3, 4, 2), np.float32), ok, ok, (8, 8), np.random.default_rng(0))
     with pytest.raises(ValueError, match="rgbs must be S,H,W,3 uint8"):
         augment_clip(
             rgbs.astype(np.float32), np.zeros((3, 4, 2), np.float32), ok, ok, (8, 8), np.random.default_rng(0)
@@ -374,31 +378,34 @@ def test_spatial_augs_crop_held_at_the_corner():
 def test_eraser_boxes_by_hand():
     S, H, W = 3, 60, 80
     rgbs = np.random.default_rng(0).integers(0, 256, (S, H, W, 3), dtype=np.uint8)
-    trajs = np.zeros((S, 6, 2), np.float32)
+    trajs = np.zeros((S, 8, 2), np.float32)
     # pixel of a point: round(x), round(y) with halves up; box 1 covers x 40..59, y 35..44
-    trajs[2] = [[39.4, 40], [39.6, 40], [59.4, 44.4], [59.5, 40], [50, 34.5], [79.4, 2]]
-    visibs = np.ones((S, 6), np.float32)
+    trajs[2] = [[39.4, 40], [39.6, 40], [59.4, 44.4], [59.5, 40], [50, 34.5], [79.4, 2], [0.0, 45], [15, 45]]
+    visibs = np.ones((S, 8), np.float32)
     rng = ScriptedRng(
         ("random", None, None, 0.19),  # < 0.2: this clip gets occluders
         ("random", None, None, 0.2),  # frame 1: not below 0.2, no box
         ("random", None, None, 0.0),  # frame 2: boxes
-        ("integers", 1, 11, 2),
+        ("integers", 1, 11, 3),
         ("integers", 0, W, 50),
         ("integers", 0, H, 40),
         ("integers", 20, 300, [20, 10]),  # box 1: x 40..59, y 35..44
         ("integers", 0, W, 75),
         ("integers", 0, H, 0),
         ("integers", 20, 300, [21, 9]),  # box 2: x round(64.5) = 64 .. 79 (the last column), y 0..3
+        ("integers", 0, W, 5),
+        ("integers", 0, H, 50),
+        ("integers", 20, 300, [20, 20]),  # box 3: x -5 -> 0 (the first column) .. 14, y 40..59
     )
     out, vis = erase_occluders(rgbs, trajs, visibs, rng)
     assert rng.done()
     np.testing.assert_array_equal(out[:2], rgbs[:2])
     expected = rgbs[2].copy()
-    for y0, y1, x0, x1 in [(35, 45, 40, 60), (0, 4, 64, 80)]:
+    for y0, y1, x0, x1 in [(35, 45, 40, 60), (0, 4, 64, 80), (40, 60, 0, 15)]:
         expected[y0:y1, x0:x1] = np.round(expected[y0:y1, x0:x1].reshape(-1, 3).mean(0))
     np.testing.assert_array_equal(out[2], expected)
     np.testing.assert_array_equal(vis[:2], 1)
-    np.testing.assert_array_equal(vis[2], [1, 0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(vis[2], [1, 0, 0, 1, 0, 0, 0, 1])
     assert visibs.min() == 1 and rgbs is not out  # inputs untouched
     rng = ScriptedRng(("random", None, None, 0.2))  # not below p_clip: nothing happens
     out, vis = erase_occluders(rgbs, trajs, visibs, rng)
