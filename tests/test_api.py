@@ -10,6 +10,7 @@ from nets.pips2 import Pips, PipsOutput
 from tracking.frames import VideoFileFrames
 from tracking.predictor import Float16Guard, PipsTracker, build_model, check_queries, grid_queries
 from utils.checkpoint import save
+from utils.dist import pick_device
 from utils.video import read_frames, write_video
 
 
@@ -183,7 +184,7 @@ def test_bad_calls() -> None:
         PipsTracker(ShiftModel(), image_size=(512,))
 
 
-def test_from_checkpoint(tmp_path) -> None:
+def test_from_checkpoint(tmp_path, monkeypatch) -> None:
     torch.manual_seed(1)
     model = Pips()
     save(tmp_path, model, step=7)
@@ -192,6 +193,13 @@ def test_from_checkpoint(tmp_path) -> None:
     assert same_weights(tracker.model, model)
     with pytest.raises(FileNotFoundError, match="get_reference_model.sh"):
         PipsTracker.from_checkpoint(tmp_path / "missing", device="cpu")
+    # no device: CUDA, then MPS, then CPU, as pick_device says
+    assert PipsTracker.from_checkpoint(tmp_path).device == pick_device()
+    # no path: the reference model in ./reference_model
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(FileNotFoundError, match=r"reference_model.*get_reference_model.sh"):
+        PipsTracker.from_checkpoint(device="cpu")
 
 
 def test_fast_switch_on_cpu() -> None:
