@@ -195,6 +195,7 @@ def test_from_checkpoint(tmp_path, monkeypatch) -> None:
         PipsTracker.from_checkpoint(tmp_path / "missing", device="cpu")
     # no device: CUDA, then MPS, then CPU, as pick_device says
     assert PipsTracker.from_checkpoint(tmp_path).device == pick_device()
+    assert next(build_model(tmp_path).parameters()).device == pick_device()
     # no path: the reference model in ./reference_model
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
