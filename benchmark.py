@@ -148,9 +148,10 @@ def count_flops(step: Callable[[], None]) -> int | None:
     return counter.get_total_flops()
 
 
-def _proc_status_kib(field: str) -> int | None:
+def _proc_status_kib(field: str, pid: int | str = "self") -> int | None:
+    """A KiB field of /proc/<pid>/status (e.g. VmRSS, VmHWM); None where there is none (not Linux, gone)."""
     with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     return None
@@ -289,14 +290,6 @@ def _training_row_process(conn: Connection, job: dict) -> None:
     conn.send(result)
 
 
-def _resident_kib(pid: int) -> int:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def measure_in_capped_process(job: dict, cap_gib: float, poll_s: float = 0.02) -> dict:
     """measure_training_row(**job) in a fresh process that is killed once its resident memory passes
     `cap_gib` (watched every `poll_s` seconds; a peak over the cap between two looks counts as over too)."""
@@ -308,7 +301,7 @@ def measure_in_capped_process(job: dict, cap_gib: float, poll_s: float = 0.02) -
     cap_kib, result = cap_gib * 2**20, None
     try:
         while not receive.poll(poll_s):
-            if _resident_kib(process.pid) > cap_kib:
+            if (_proc_status_kib("VmRSS", process.pid) or 0) > cap_kib:
                 process.kill()
                 process.join()
                 return {"error": "out of memory"}
