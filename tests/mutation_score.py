@@ -21,7 +21,10 @@ def scores(root: Path) -> list[tuple[str, int, int]]:
     """(module, caught, checked) for each mutated file under root."""
     rows = []
     for meta in sorted(root.rglob("*.py.meta")):
-        codes = json.loads(meta.read_text())["exit_code_by_key"].values()
+        try:
+            codes = json.loads(meta.read_text())["exit_code_by_key"].values()
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{meta} is not a result file of mutmut 3 ({e!r}); rerun `mutmut run`") from None
         checked = [c for c in codes if c not in SKIPPED | NOT_CHECKED]
         caught = sum(c not in SURVIVED | NO_TESTS for c in checked)
         rows.append((meta.relative_to(root).as_posix().removesuffix(".meta"), caught, len(checked)))
@@ -35,7 +38,11 @@ def main() -> int:
     parser.add_argument("--mutants", default="mutants", help="mutmut's working folder (default: ./mutants)")
     parser.add_argument("--min", type=float, default=0.0, help="fail if a module's score is below this (%%)")
     args = parser.parse_args()
-    rows = scores(Path(args.mutants))
+    try:
+        rows = scores(Path(args.mutants))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not rows:
         print(f"error: no mutation results under {args.mutants}/ (run `mutmut run` first)", file=sys.stderr)
         return 2

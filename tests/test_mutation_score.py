@@ -34,3 +34,9 @@ def test_the_command_fails_below_the_minimum_and_without_results(tmp_path: Path)
     assert run(str(tmp_path), "--min", "76").returncode == 1
     empty = run(str(tmp_path / "none"))
     assert empty.returncode == 2 and "no mutation results" in empty.stderr
+    (tmp_path / "utils" / "b.py.meta").write_text("{not json")
+    broken = run(str(tmp_path))
+    assert broken.returncode == 2 and broken.stderr.startswith(
+        f"error: {tmp_path / 'utils' / 'b.py.meta'} is not"
+    )
+    assert "Traceback" not in broken.stderr
