@@ -1,5 +1,6 @@
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,14 @@ from tracking.predictor import Float16Guard, PipsTracker, build_model, check_que
 from utils.checkpoint import save
 from utils.dist import pick_device
 from utils.video import read_frames, write_video
+
+
+@pytest.fixture(scope="module")
+def plain_checkpoint(tmp_path_factory) -> tuple[Pips, Path]:
+    """A Pips (seed 1) saved once at step 7, alone in its directory, for the tests that load checkpoints."""
+    torch.manual_seed(1)
+    model = Pips()
+    return model, save(tmp_path_factory.mktemp("plain"), model, step=7)
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -184,18 +193,16 @@ def test_bad_calls() -> None:
         PipsTracker(ShiftModel(), image_size=(512,))
 
 
-def test_from_checkpoint(tmp_path, monkeypatch) -> None:
-    torch.manual_seed(1)
-    model = Pips()
-    save(tmp_path, model, step=7)
-    tracker = PipsTracker.from_checkpoint(tmp_path, device="cpu", S=8, iters=2, image_size=(64, 64))
+def test_from_checkpoint(plain_checkpoint, tmp_path, monkeypatch) -> None:
+    model, path = plain_checkpoint
+    tracker = PipsTracker.from_checkpoint(path.parent, device="cpu", S=8, iters=2, image_size=(64, 64))
     assert (tracker.S, tracker.iters, tracker.image_size, tracker.fast) == (8, 2, (64, 64), False)
     assert same_weights(tracker.model, model)
     with pytest.raises(FileNotFoundError, match="get_reference_model.sh"):
         PipsTracker.from_checkpoint(tmp_path / "missing", device="cpu")
     # no device: CUDA, then MPS, then CPU, as pick_device says
-    assert PipsTracker.from_checkpoint(tmp_path).device == pick_device()
-    assert next(build_model(tmp_path).parameters()).device == pick_device()
+    assert PipsTracker.from_checkpoint(path).device == pick_device()
+    assert next(build_model(path).parameters()).device == pick_device()
     # no path: the reference model in ./reference_model
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
@@ -271,14 +278,13 @@ def test_float16_guard_redoes_an_overflowing_window_in_float32() -> None:
     assert model.calls == 1
 
 
-def test_build_model_for_each_job(tmp_path, monkeypatch) -> None:
+def test_build_model_for_each_job(plain_checkpoint, monkeypatch) -> None:
+    _, path = plain_checkpoint
     lines = []
     model = build_model(None, "cpu", log=lines.append)
     assert lines == ["model: random weights on cpu"] and not model.training and not model.fast
-    torch.manual_seed(3)
-    save(tmp_path, Pips(), step=12)
-    model = build_model(tmp_path, torch.device("cpu"), job="train", log=lines.append)
-    assert lines[-1] == f"model: {tmp_path / 'model-000000012.pth'} (step 12) on cpu" and model.training
+    model = build_model(path.parent, torch.device("cpu"), job="train", log=lines.append)
+    assert lines[-1] == f"model: {path} (step 7) on cpu" and model.training
     with pytest.raises(ValueError, match="job must be one of \\('infer', 'train'\\), got 'eval'"):
         build_model(None, "cpu", job="eval")
     asked = []
@@ -288,14 +294,13 @@ def test_build_model_for_each_job(tmp_path, monkeypatch) -> None:
         return (torch.bfloat16 if training else torch.float16) if fast else None
 
     monkeypatch.setattr(tracking.predictor, "fast_dtype", fake_fast_dtype)
-    model = build_model(None, "cpu", log=lines.append)
-    assert (
-        lines[-1] == "model: random weights on cpu, fast path (float16)" and model.fast_dtype == torch.float16
-    )
-    model = build_model(None, "cpu", job="train", log=lines.append)
-    assert lines[-1] == "model: random weights on cpu, fast path (bfloat16)" and model.training
-    model = build_model(None, "cpu", fast=False, log=lines.append)
-    assert lines[-1] == "model: random weights on cpu" and not model.fast
+    model = build_model(path, "cpu", log=lines.append)
+    assert lines[-1] == f"model: {path} (step 7) on cpu, fast path (float16)"
+    assert model.fast_dtype == torch.float16
+    model = build_model(path, "cpu", job="train", log=lines.append)
+    assert lines[-1] == f"model: {path} (step 7) on cpu, fast path (bfloat16)" and model.training
+    model = build_model(path, "cpu", fast=False, log=lines.append)
+    assert lines[-1] == f"model: {path} (step 7) on cpu" and not model.fast
     assert asked == [("cpu", True, False), ("cpu", True, True), ("cpu", False, False)]
 
 
@@ -432,7 +437,7 @@ def test_calls_pass_the_frame_limit_progress_and_iterations_on(monkeypatch) -> N
     assert sources[-1].cache  # the query at frame 1 is tracked back to frame 0
 
 
-def test_trackers_run_where_they_are_put(tmp_path, monkeypatch) -> None:
+def test_trackers_run_where_they_are_put(plain_checkpoint, monkeypatch) -> None:
     tracker = PipsTracker(torch.nn.Linear(1, 1, device="meta"))
     assert tracker.device == torch.device("meta")  # the model's device
     default = PipsTracker(CallLog())
@@ -443,14 +448,13 @@ def test_trackers_run_where_they_are_put(tmp_path, monkeypatch) -> None:
         asked.append((device.type, fast, training))
 
     monkeypatch.setattr(tracking.predictor, "fast_dtype", fake_fast_dtype)
-    torch.manual_seed(1)
-    save(tmp_path, Pips(), step=3)
-    tracker = PipsTracker.from_checkpoint(tmp_path / "model-000000003.pth", device="meta")
+    _, path = plain_checkpoint
+    tracker = PipsTracker.from_checkpoint(path, device="meta")
     assert (tracker.S, tracker.iters, tracker.device) == (64, 16, torch.device("meta"))
     assert next(tracker.model.parameters()).device == torch.device("meta")
     assert asked == [("meta", True, False), ("meta", True, False)]  # build_model, then the tracker
     asked.clear()
-    PipsTracker.from_checkpoint(tmp_path, device="meta", fast=False)
+    PipsTracker.from_checkpoint(path.parent, device="meta", fast=False)
     assert asked == [("meta", False, False), ("meta", False, False)]
     model = build_model(None, "meta")
     assert next(model.parameters()).device == torch.device("meta") and model.stride == 8
@@ -467,11 +471,24 @@ def test_build_model_follows_the_checkpoints_head(tmp_path, caplog) -> None:
     backbone = {k: v for k, v in with_head.state_dict().items() if not k.startswith("vis_head.")}
     torch.save({"model_state_dict": backbone}, tmp_path / "backbone.pth")
     assert build_model(tmp_path / "backbone.pth", "cpu").vis_head is None
+    torch.manual_seed(4)
+    untrained = Pips(vis_head=True).vis_head
+    torch.manual_seed(4)
     with caplog.at_level("WARNING", logger="utils.checkpoint"):
         model = build_model(tmp_path / "backbone.pth", "cpu", vis_head=True)
-    assert model.vis_head is not None
+    assert same_weights(model.vis_head, untrained)  # the head starts from Pips' own initialisation
     assert all(torch.equal(model.state_dict()[k], v) for k, v in backbone.items())
     assert [r.getMessage() for r in caplog.records] == [
         f"checkpoint {tmp_path / 'backbone.pth'} has no vis_head.* parameters: they start from their "
         "initialisation, untrained"
     ]
+
+
+def test_a_complete_checkpoint_loads_without_drawing_random_numbers(plain_checkpoint) -> None:
+    model, path = plain_checkpoint
+    rng = torch.get_rng_state()
+    loaded = build_model(path, "cpu")
+    assert same_weights(loaded, model) and loaded.stride == 8
+    assert torch.equal(torch.get_rng_state(), rng)  # no random initialisation that the weights overwrite
+    build_model(None, "cpu")
+    assert not torch.equal(torch.get_rng_state(), rng)
