@@ -2,7 +2,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+from tests import conftest
 from tests.mutation_score import scores
 
 
@@ -40,3 +42,26 @@ def test_the_command_fails_below_the_minimum_and_without_results(tmp_path: Path)
         f"error: {tmp_path / 'utils' / 'b.py.meta'} is not"
     )
     assert "Traceback" not in broken.stderr
+
+
+def test_a_mutation_run_gives_each_mutant_its_tests_fastest_first(tmp_path: Path, monkeypatch) -> None:
+    stats = tmp_path / "mutmut-stats.json"
+    timings = {"t.py::slow": 2.0, "t.py::fast[1]": 0.1, "t.py::mid": 0.5}
+    stats.write_text(json.dumps({"duration_by_test": timings}))
+    monkeypatch.setattr(conftest, "MUTATION_STATS", stats)
+    collected = ["t.py::slow", "t.py::new", "t.py::fast[1]", "t.py::mid"]
+
+    def order() -> list[str]:
+        items = [SimpleNamespace(nodeid=name) for name in collected]
+        conftest.pytest_collection_modifyitems(items)
+        return [item.nodeid for item in items]
+
+    monkeypatch.delenv("MUTANT_UNDER_TEST", raising=False)
+    assert order() == collected  # an ordinary test run keeps the collected order
+    monkeypatch.setenv("MUTANT_UNDER_TEST", "utils.metrics.x_f__mutmut_1")
+    assert order() == ["t.py::fast[1]", "t.py::mid", "t.py::slow", "t.py::new"]  # untimed tests last
+    for broken in ("{", "[]", "{}"):
+        stats.write_text(broken)
+        assert order() == collected
+    stats.unlink()
+    assert order() == collected
