@@ -406,9 +406,14 @@ def test_queries_on_the_frame_border_are_inside() -> None:
 
 
 def test_the_grid_is_built_without_warnings() -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        grid = grid_queries(2, 20, 30, image_size=(20, 30))
+    warn_always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)  # torch gives some warnings once per process: here, every time
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            grid = grid_queries(2, 20, 30, image_size=(20, 30))
+    finally:
+        torch.set_warn_always(warn_always)
     torch.testing.assert_close(grid, torch.tensor([[0.0, 8, 8], [0, 22, 8], [0, 8, 12], [0, 22, 12]]))
 
 
