@@ -23,7 +23,15 @@ from typing import NamedTuple
 
 from tqdm import tqdm
 
-from datasets.exportdataset import claim_clip, clip_dir, export_version, list_clips, release_clip, write_clip
+from datasets.exportdataset import (
+    claim_clip,
+    clip_dir,
+    export_version,
+    list_clips,
+    release_clip,
+    remove_stale_lock,
+    write_clip,
+)
 from datasets.pointodyssey import PointOdysseyDataset
 from utils.cli import explain_flags, run
 
@@ -72,7 +80,10 @@ class ClipExporter:
         return ClipResult(status, reason, tuple(_dataset(self.config).unreadable.found()))
 
     def _export(self, clip_id: int) -> tuple[str, str]:
-        if clip_dir(self.out_dir, clip_id).is_dir() or not claim_clip(self.out_dir, clip_id):
+        if clip_dir(self.out_dir, clip_id).is_dir():
+            remove_stale_lock(self.out_dir, clip_id)  # its writer may have died before releasing it
+            return "skipped", ""
+        if not claim_clip(self.out_dir, clip_id):
             return "skipped", ""
         try:
             if clip_dir(self.out_dir, clip_id).is_dir():  # finished elsewhere since the first look

@@ -117,6 +117,14 @@ def claim_clip(out_dir: Path, clip_id: int) -> bool:
     return False
 
 
+def remove_stale_lock(out_dir: Path, clip_id: int) -> None:
+    """Remove the lock of a clip whose owner is gone, e.g. killed between writing the clip and releasing
+    its lock; a live owner's lock stays."""
+    lock = Path(out_dir) / f"{clip_id:06d}{LOCK_SUFFIX}"
+    if lock.exists() and not _lock_alive(lock):
+        lock.unlink(missing_ok=True)
+
+
 def release_clip(out_dir: Path, clip_id: int) -> None:
     (Path(out_dir) / f"{clip_id:06d}{LOCK_SUFFIX}").unlink(missing_ok=True)
 

@@ -245,8 +245,13 @@ def test_export_end_to_end_resumes_and_refuses_other_settings(pod_root, expected
     out_dir = tmp_path / E2E_VERSION
     assert check_complete(out_dir, expected_tracks) == [0, 1, 2, 3]
     assert "written 4, skipped 0, failed 0" in capsys.readouterr().out
+    # locks beside complete clips: one of a writer killed before releasing it, one of a live writer
+    host = socket.gethostname()
+    (out_dir / "000001.lock").write_text(f"{host} {2**22 + 12345}\n")  # above the default pid_max: dead
+    (out_dir / "000002.lock").write_text(f"{host} {os.getpid()}\n")
     export_mp4_dataset.main(**dict(E2E, dataset_location=str(pod_root), out_root=str(tmp_path), max_clips=5))
     assert "written 1, skipped 4, failed 0" in capsys.readouterr().out
+    assert not (out_dir / "000001.lock").exists() and (out_dir / "000002.lock").exists()
     with pytest.raises(
         ValueError, match=f"{out_dir} holds clips of another export \\(seed 3 there, seed 4 now\\)"
     ):
