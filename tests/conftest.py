@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-# torch imports these on first use (seconds, sympy included): torch._dynamo when an optimizer is made or a
-# model is built on the meta device, torch.distributed.tensor on the first torch.testing.assert_close.
-# Importing them with the tests keeps that cost out of every test process that mutation testing forks.
+# torch imports these on first use (seconds, sympy included): torch._dynamo when an optimizer is made,
+# torch.distributed.tensor on the first torch.testing.assert_close. Importing them with the tests keeps that
+# cost out of every test process that mutation testing forks.
 import torch._dynamo  # noqa: F401
 from tqdm import tqdm
 

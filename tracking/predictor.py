@@ -13,7 +13,6 @@ time grows linearly with the video's length and memory stays flat (tracking/fram
 
 import warnings
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -44,8 +43,7 @@ def build_model(
 
     Args:
         checkpoint: a checkpoint file, or a directory whose newest readable model-*.pth is used; None = the
-            random initialisation of the current torch seed. A checkpoint that holds every weight loads
-            without a random initialisation first (it draws no random numbers).
+            random initialisation of the current torch seed.
         device: '' = CUDA if available, then MPS, then CPU.
         job: "infer" (eval mode; the fast path autocasts to float16) or "train" (train mode; bfloat16).
         fast: the fast path where it pays (CUDA); False, or CPU/MPS, = the exact float32 path.
@@ -61,14 +59,10 @@ def build_model(
         raise ValueError(f"job must be one of {JOBS}, got {job!r}")
     dev = device if isinstance(device, torch.device) else pick_device(device)
     path, state = (None, None) if checkpoint is None else read_weights(checkpoint)
-    names = strip_prefixes(state["model_state_dict"]) if state is not None else {}
     if vis_head is None:
+        names = strip_prefixes(state["model_state_dict"]) if state is not None else {}
         vis_head = any(name.startswith(VIS_HEAD_PREFIX) for name in names)
-    build = partial(Pips, stride=8, vis_head=vis_head)
-    with torch.device("meta"):
-        model = build()
-    # with every weight in the checkpoint, skip the random initialisation that loading would overwrite
-    model = model.to_empty(device="cpu") if names.keys() >= model.state_dict().keys() else build()
+    model = Pips(stride=8, vis_head=vis_head)
     step = None if state is None else load_state(path, state, model, optional=(VIS_HEAD_PREFIX,))
     dtype = fast_dtype(dev, fast, training=job == "train")
     model = model.to(dev).train(job == "train").set_fast(dtype is not None, dtype)
