@@ -80,6 +80,10 @@ def _lock_alive(lock: Path) -> bool:
     return _owner_alive(host, int(pid), mtime)
 
 
+def _lock_path(out_dir: Path, clip_id: int) -> Path:
+    return Path(out_dir) / f"{clip_id:06d}{LOCK_SUFFIX}"
+
+
 def _temp_dir(out_dir: Path, clip_id: int) -> Path:
     host, pid = _owner()
     return Path(out_dir) / f"{TMP_PREFIX}{clip_id:06d}-{host}-{pid}"
@@ -100,7 +104,7 @@ def _remove_abandoned_temps(out_dir: Path, clip_id: int) -> None:
 def claim_clip(out_dir: Path, clip_id: int) -> bool:
     """Take the lock of one clip id; False if a live process holds it. A stale lock is replaced,
     and temporary folders its dead owner left for this id are removed."""
-    lock = Path(out_dir) / f"{clip_id:06d}{LOCK_SUFFIX}"
+    lock = _lock_path(out_dir, clip_id)
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -120,13 +124,13 @@ def claim_clip(out_dir: Path, clip_id: int) -> bool:
 def remove_stale_lock(out_dir: Path, clip_id: int) -> None:
     """Remove the lock of a clip whose owner is gone, e.g. killed between writing the clip and releasing
     its lock; a live owner's lock stays."""
-    lock = Path(out_dir) / f"{clip_id:06d}{LOCK_SUFFIX}"
+    lock = _lock_path(out_dir, clip_id)
     if lock.exists() and not _lock_alive(lock):
         lock.unlink(missing_ok=True)
 
 
 def release_clip(out_dir: Path, clip_id: int) -> None:
-    (Path(out_dir) / f"{clip_id:06d}{LOCK_SUFFIX}").unlink(missing_ok=True)
+    _lock_path(out_dir, clip_id).unlink(missing_ok=True)
 
 
 def write_clip(out_dir: Path, clip_id: int, sample: ClipSample) -> bool:
