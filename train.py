@@ -137,16 +137,25 @@ class StepResult:
 
 
 def run_model(
-    model, batch: ClipBatch, iters: int, g: torch.Generator, train: bool, vis_weight: float = 1.0
+    model,
+    batch: ClipBatch,
+    iters: int,
+    g: torch.Generator,
+    train: bool,
+    vis_weight: float = 1.0,
+    zero_velocity: bool = False,
 ) -> StepResult:
     """One forward + loss. In training, half of the batches are transposed (H<->W) and tracks start from
-    the official random init; validation starts from zero velocity. With a visibility head the loss adds
-    vis_weight times its visibility_loss."""
+    the official random init; validation, and training with zero_velocity, start from zero velocity as
+    inference does. With a visibility head the loss adds vis_weight times its visibility_loss."""
     frames, trajs_g, visibs, valids = batch  # frames B,S,H,W,3 uint8
     if train and torch.rand((), generator=g) < 0.5:
         frames, trajs_g = frames.transpose(2, 3), trajs_g.flip(-1)  # H<->W, and x<->y with them
     H, W = frames.shape[2:4]
-    trajs_e0 = initial_trajs(trajs_g, g, H, W) if train else trajs_g[:, :1].expand_as(trajs_g).clone()
+    if train and not zero_velocity:
+        trajs_e0 = initial_trajs(trajs_g, g, H, W)
+    else:
+        trajs_e0 = trajs_g[:, :1].expand_as(trajs_g).clone()
     out = model(trajs_e0, frames_to_rgbs(frames), iters=iters)
     loss = sequence_loss([c.float() for c in out.preds], trajs_g, valids, gamma=0.8)
     vis_e = None
@@ -185,8 +194,11 @@ class TrainStep(NamedTuple):
     skipped: bool  # a non-finite loss or gradient: no update was made
 
 
-def train_step(net, params, optimizer, data, g, iters, grad_acc, grad_clip, device, vis_weight) -> TrainStep:
-    """Forward/backward over grad_acc micro-batches, gradient clipping and one optimizer step.
+def train_step(
+    net, params, optimizer, data, g, iters, grad_acc, grad_clip, device, vis_weight, zero_velocity=False
+) -> TrainStep:
+    """Forward/backward over grad_acc micro-batches, gradient clipping and one optimizer step; with
+    zero_velocity the tracks start as at inference (run_model).
 
     Every rank agrees on skipping a step with a non-finite loss, so DDP never waits on a missing backward.
     """
@@ -198,7 +210,7 @@ def train_step(net, params, optimizer, data, g, iters, grad_acc, grad_clip, devi
         batch = next(data).to(device)
         t_iter = time.time()
         rtime += t_iter - t_read
-        res = run_model(net, batch, iters, g, train=True, vis_weight=vis_weight)
+        res = run_model(net, batch, iters, g, train=True, vis_weight=vis_weight, zero_velocity=zero_velocity)
         if dist.all_reduce_mean(torch.isfinite(res.loss).float()).item() < 1.0:
             optimizer.zero_grad(set_to_none=True)
             return TrainStep(float("nan"), res, rtime, itime, True)
@@ -393,8 +405,9 @@ def main(
         t0 = time.time()
         g = step_generator(seed, step, info.rank)
         out = train_step(
-            net, params, optimizer, train_iter, g, iters, plan.grad_acc, grad_clip, info.device, vis_weight
-        )
+            net, params, optimizer, train_iter, g, iters, plan.grad_acc, grad_clip, info.device, vis_weight,
+            zero_velocity=head_only,  # the head learns on tracks as inference makes them
+        )  # fmt: skip
         if out.skipped:
             bad_steps += 1
             log.warning("step %d: non-finite loss or gradient; step skipped (%d in a row)", step, bad_steps)

@@ -15,7 +15,7 @@ import train
 from datasets.sample import collate_clips
 from datasets.synthetic import SyntheticClips
 from nets.losses import visibility_loss
-from nets.pips2 import VIS_HEAD_PREFIX, Pips, frames_to_rgbs
+from nets.pips2 import VIS_HEAD_PREFIX, Pips, PipsOutput, frames_to_rgbs
 from tracking.evaluate import frame0_jaccard
 from tracking.predictor import PipsTracker, build_model
 from utils import checkpoint
@@ -132,10 +132,18 @@ def test_overfitting_one_batch_learns_its_visibility(clip: tuple) -> None:
     assert occlusion_accuracy(torch.sigmoid(out.vis), visibs, valids) >= 95
 
 
-def test_head_only_training_leaves_the_backbone_bitwise(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_head_only_training_leaves_the_backbone_bitwise(tmp_path: Path, capsys, monkeypatch) -> None:  # noqa: ANN001
     torch.manual_seed(2)
     checkpoint.save(tmp_path / "backbone", Pips(), step=100)
     start = checkpoint.read(tmp_path / "backbone")["model_state_dict"]
+    starts = []  # how each training forward started its tracks
+    run_model = train.run_model
+
+    def recording(*args, **kwargs) -> train.StepResult:
+        starts.append((kwargs["train"], kwargs.get("zero_velocity")))
+        return run_model(*args, **kwargs)
+
+    monkeypatch.setattr(train, "run_model", recording)
     train.main(
         init_ckpt=str(tmp_path / "backbone"), head_only=True, B=1, S=4, N=8, crop_size=(64, 64), iters=1,
         max_steps=3, num_workers=0, val_freq=3, val_clips=1, save_freq=3, log_freq=1000, run_name="head",
@@ -149,6 +157,7 @@ def test_head_only_training_leaves_the_backbone_bitwise(tmp_path: Path, capsys) 
     assert f"(always visible: {share:.1f})" in first
     trained = checkpoint.read(tmp_path / "ckpt" / "head")["model_state_dict"]
     assert all(torch.equal(trained[k], v) for k, v in start.items())  # the backbone did not move
+    assert [z for is_train, z in starts if is_train] == [True] * 3  # tracks from zero velocity, as inference
     assert any(k.startswith(VIS_HEAD_PREFIX) for k in trained)
     torch.manual_seed(3)
     fresh = Pips(vis_head=True)
@@ -241,3 +250,22 @@ def test_frame0_jaccard_by_hand() -> None:
     assert frame0_jaccard(tracks, everywhere, gt, visibs, size) == pytest.approx(
         (3 * 2 / 5 + 2 * 3 / 4) / 5 * 100
     )
+
+
+class StartRecorder(torch.nn.Module):
+    """Stands in for Pips: returns its initial tracks and remembers them."""
+
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+        self.start = trajs_e0.clone()
+        return PipsOutput(trajs_e0, [trajs_e0], (), [trajs_e0])
+
+
+def test_head_only_training_starts_tracks_from_zero_velocity_as_inference_does(clip: tuple) -> None:
+    rgbs, trajs, visibs, valids = clip
+    batch = train.ClipBatch(rgbs.movedim(-3, -1).to(torch.uint8), trajs, visibs, valids)
+    model = StartRecorder()
+    for seed in range(4):
+        res = train.run_model(model, batch, 1, torch.Generator().manual_seed(seed), True, zero_velocity=True)
+        assert torch.equal(model.start, res.batch.trajs[:, :1].expand_as(res.batch.trajs))
+    train.run_model(model, batch, 1, torch.Generator().manual_seed(0), True)
+    assert not torch.equal(model.start[:, 1:], model.start[:, :1].expand_as(model.start[:, 1:]))
