@@ -1,6 +1,10 @@
-"""The tracking API's tracks for one fixed video and fixed queries, recorded before the tracking layer moved
-out of nets/ (fixtures/api_tracks.npz, written by PipsTracker at that time on this CPU build). Any change to
-frame reading, resizing, query scaling, window chaining or backward tracking shows up here."""
+"""The tracking API's tracks for one fixed video and fixed queries (fixtures/api_tracks.npz, written by
+PipsTracker). Any change to frame reading, resizing, query scaling, window chaining or backward tracking
+shows up here.
+
+The model is the seeded random one with its delta block's output scaled by DAMPING: its tracks still move
+several pixels, but rounding differences between CPUs (vector kernels, thread counts) stay near 1e-4 px
+instead of growing from window to window as they do with full-size random updates."""
 
 from pathlib import Path
 
@@ -32,9 +36,16 @@ def golden_video(T: int = 24, H: int = 72, W: int = 100) -> np.ndarray:
     return np.stack(frames)  # T,H,W,3
 
 
+DAMPING = 0.1
+
+
 def make_tracker() -> PipsTracker:
     torch.manual_seed(0)
-    return PipsTracker(Pips(), S=8, iters=2, image_size=(64, 96))
+    model = Pips()
+    with torch.no_grad():
+        model.delta_block.dense.weight.mul_(DAMPING)
+        model.delta_block.dense.bias.mul_(DAMPING)
+    return PipsTracker(model, S=8, iters=2, image_size=(64, 96))
 
 
 def test_api_tracks_equal_the_recorded_ones(tmp_path) -> None:
