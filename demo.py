@@ -16,14 +16,17 @@ import math
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from tracking.frames import check_size
 from tracking.predictor import PipsTracker, build_model, check_queries, grid_queries
-from utils.cli import explain_flags, run
+from utils.checkpoint import REFERENCE_DIR
+from utils.config import UsageError, knob, require, run
 from utils.logger import Logger
 from utils.video import VideoWriter, read_video, video_info
 from utils.vis import colors_by_position, draw_tracks
@@ -94,54 +97,65 @@ def drawn_frames(
         start = end
 
 
-@explain_flags
-def main(
-    *,
-    filename: str = "",  # video file (mp4/mov/avi/gif/...) or folder of jpg/png frames
-    N: int = 1024,  # points on a square grid at frame 0: round(sqrt(N))^2, so 1024 = 32x32
-    queries: str = "",  # .txt or .npy file of t,x,y rows in the video's pixels; replaces the grid
-    S: int = 64,  # frames per window
-    iters: int = 16,  # refinement iterations per window
-    image_size: tuple[int, int] = (512, 896),  # H,W the frames are resized to for the model
-    max_frames: int = 0,  # track only the first max_frames frames; 0 = all
-    init_dir: str = "./reference_model",  # checkpoint file, or directory holding model-*.pth
-    random_weights: bool = False,  # untrained model, no checkpoint needed (smoke runs)
-    out_dir: str = "./demo_out",  # where the mp4 and npz are written
-    device: str = "",  # cpu, cuda, cuda:1, ...; empty = best available
-    fast: bool = True,  # the fast path (float16, fused kernels) on CUDA; CPU always runs exact float32
-    log_dir: str = "",  # also write the drawn video as TensorBoard gifs (one per window) here
-    fps: float = 0,  # frame rate of the output video; 0 = the input's (24 for a folder of frames)
-    trail: int = 8,  # frames of fading trail behind each point
-) -> None:
-    if not filename:
+@dataclass(frozen=True)
+class DemoConfig:
+    filename: str = knob("", "video file (mp4/mov/avi/gif/...) or folder of jpg/png frames")
+    N: int = knob(1024, "points on a square grid at frame 0: round(sqrt(N))^2, so 1024 = 32x32")
+    queries: str = knob("", ".txt or .npy file of t,x,y rows in the video's pixels; replaces the grid")
+    S: int = knob(64, "frames per window")
+    iters: int = knob(16, "refinement iterations per window")
+    image_size: tuple[int, int] = knob((512, 896), "H,W the frames are resized to for the model")
+    max_frames: int = knob(0, "track only the first max_frames frames; 0 = all")
+    init_ckpt: str = knob(REFERENCE_DIR, "checkpoint file, or folder of model-*.pth", aliases=("init_dir",))
+    random_weights: bool = knob(False, "untrained model, no checkpoint needed (smoke runs)")
+    out_dir: str = knob("./demo_out", "where the mp4 and npz are written")
+    device: str = knob("", "cpu, cuda, cuda:1, ...; '' = the best available")
+    fast: bool = knob(True, "the fast path (float16, fused kernels) on CUDA; CPU always runs exact float32")
+    log_dir: str = knob("", "also write the drawn video as TensorBoard gifs (one per window) here")
+    fps: float = knob(0.0, "frame rate of the output video; 0 = the input's (24 for a folder of frames)")
+    trail: int = knob(8, "frames of fading trail behind each point")
+
+    def __post_init__(self) -> None:
+        require(self.N >= 1, "N", "at least 1", self.N)
+        require(self.S >= 2, "S", "at least 2", self.S)
+        require(self.iters >= 1, "iters", "at least 1", self.iters)
+        require(self.max_frames >= 0, "max_frames", "0 or more", self.max_frames)
+        require(self.fps >= 0, "fps", "0 or more", self.fps)
+        require(self.trail >= 0, "trail", "0 or more", self.trail)
+        try:
+            check_size(self.image_size)
+        except ValueError as err:
+            raise UsageError(f"--{err}") from None
+
+
+def main(cfg: DemoConfig) -> None:
+    if not cfg.filename:
         raise ValueError("no video given: pass --filename <video file or folder of frames>")
-    if max_frames < 0:
-        raise ValueError(f"max_frames must be >= 0, got {max_frames}")
-    info = video_info(filename)  # the container's frame count: no decoding
-    T = min(max_frames, info.num_frames) if max_frames else info.num_frames
-    if random_weights:
-        torch.manual_seed(0)
-    model = build_model(None if random_weights else init_dir, device, fast=fast, log=print)
-    tracker = PipsTracker(model, S=S, iters=iters, image_size=image_size, fast=fast)
-    if queries:
-        query_rows = check_queries(load_queries(queries), T, info.height, info.width)  # N,3
+    info = video_info(cfg.filename)  # the container's frame count: no decoding
+    T = min(cfg.max_frames, info.num_frames) if cfg.max_frames else info.num_frames
+    if cfg.queries:
+        query_rows = check_queries(load_queries(cfg.queries), T, info.height, info.width)  # N,3
     else:
-        query_rows = grid_queries(round(math.sqrt(N)), info.height, info.width, tracker.image_size)  # N,3
+        query_rows = grid_queries(round(math.sqrt(cfg.N)), info.height, info.width, cfg.image_size)  # N,3
+    if cfg.random_weights:
+        torch.manual_seed(0)
+    model = build_model(None if cfg.random_weights else cfg.init_ckpt, cfg.device, fast=cfg.fast, log=print)
+    tracker = PipsTracker(model, S=cfg.S, iters=cfg.iters, image_size=cfg.image_size, fast=cfg.fast)
     # each distinct query frame is a forward and a backward pass that together track T-1 frames
     total = (T - 1) * len(query_rows[:, 0].unique())
     began = time.perf_counter()
     with tqdm(total=total, desc="tracking", unit="frame") as bar:
-        result = tracker.predict(filename, queries=query_rows, max_frames=T, progress=bar.update)
+        result = tracker.predict(cfg.filename, queries=query_rows, max_frames=T, progress=bar.update)
     tracks = result.tracks  # T',N,2
     seconds = time.perf_counter() - began
     if len(tracks) < T:
         print(f"the video holds {len(tracks)} readable frames of the {T} its container announces")
     T = len(tracks)
 
-    out = Path(out_dir)
+    out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = Path(filename).resolve().stem
-    video_fps = info.fps or fps or 24.0
+    name = Path(cfg.filename).resolve().stem
+    video_fps = info.fps or cfg.fps or 24.0
     npz_path = out / f"{name}_tracks.npz"
     head = (
         {}
@@ -152,21 +166,22 @@ def main(
     video_path = out / f"{name}_tracks.mp4"
     colors = colors_by_position(query_rows[:, 1:].numpy(), info.height, info.width)  # N,3
     radius = max(2, round(min(info.height, info.width) / 180))
-    log = Logger(log_dir, enabled=bool(log_dir))
-    with VideoWriter(video_path, fps=fps or video_fps) as writer:
+    log = Logger(cfg.log_dir, enabled=bool(cfg.log_dir))
+    with VideoWriter(video_path, fps=cfg.fps or video_fps) as writer:
         visible = None if result.visibility is None else result.visibility > 0.5
-        drawn = drawn_frames(filename, tracks, visible, colors, trail, radius, chunk=S)
+        drawn = drawn_frames(cfg.filename, tracks, visible, colors, cfg.trail, radius, chunk=cfg.S)
         with tqdm(total=T, desc="drawing", unit="frame") as bar:
             for step, frames in enumerate(drawn):
                 for frame in _even(frames):
                     writer.write(frame)
-                log.gif("outputs/tracks", frames, step, fps=round(fps or video_fps))
+                log.gif("outputs/tracks", frames, step, fps=round(cfg.fps or video_fps))
                 bar.update(len(frames))
     log.close()
     speed = f"{T / seconds:.2f} frames/s"
     print(f"tracked {len(query_rows)} points through {T} frames in {seconds:.1f} s ({speed})")
-    print(f"wrote {video_path} and {npz_path}" + (f"; TensorBoard gifs in {log_dir}" if log_dir else ""))
+    gifs = f"; TensorBoard gifs in {cfg.log_dir}" if cfg.log_dir else ""
+    print(f"wrote {video_path} and {npz_path}{gifs}")
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, DemoConfig)

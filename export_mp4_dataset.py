@@ -24,6 +24,7 @@ from typing import NamedTuple
 from tqdm import tqdm
 
 from datasets.exportdataset import (
+    EXPORT_CONFIG,
     claim_clip,
     clip_dir,
     export_version,
@@ -33,14 +34,42 @@ from datasets.exportdataset import (
     write_clip,
 )
 from datasets.pointodyssey import PointOdysseyDataset
-from utils.cli import explain_flags, run
-
-CONFIG_FILE = "export_config.json"
+from utils.config import knob, require, run
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    dataset_location: str
+    dataset_location: str = knob("data/pointodyssey", "PointOdyssey root holding <dset>/<sequence>/")
+    dset: str = knob("train", "split to export")
+    S: int = knob(36, "frames per clip")
+    N: int = knob(128, "points per clip")
+    crop_size: tuple[int, int] = knob((384, 512), "H,W of the exported frames (even numbers)")
+    version: str = knob("ae", "tag of the export folder name <version>_<S>_<N>_<H>x<W>")
+    max_clips: int = knob(0, "export items 0..max_clips-1 of the dataset; 0 = all")
+    num_workers: int = knob(1, "worker processes")
+    use_augs: bool = knob(True, "training augmentations (photometric, occluders, reversal, zoom/crop/flips)")
+    out_root: str = knob("./pod_export", "parent folder of the export folder")
+    seed: int = knob(0, "dataset seed: clip i is a pure function of (seed, i)")
+
+    def __post_init__(self) -> None:
+        require(self.S >= 2, "S", "at least 2", self.S)
+        require(self.N >= 1, "N", "at least 1", self.N)
+        H, W = self.crop_size
+        require(
+            H > 0 and W > 0 and H % 2 == W % 2 == 0,
+            "crop_size",
+            "two positive even numbers H,W",
+            self.crop_size,
+        )
+        require(self.max_clips >= 0, "max_clips", "0 or more", self.max_clips)
+        require(self.num_workers >= 1, "num_workers", "at least 1", self.num_workers)
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """What every clip of an export is made with (recorded in export_config.json)."""
+
+    dataset_location: str  # absolute
     dset: str
     S: int
     N: int
@@ -50,7 +79,7 @@ class ExportConfig:
 
 
 @lru_cache(maxsize=1)
-def _dataset(config: ExportConfig) -> PointOdysseyDataset:
+def _dataset(config: ClipSettings) -> PointOdysseyDataset:
     # built once per process: the exporter below is pickled to worker processes with every task
     return PointOdysseyDataset(
         config.dataset_location,
@@ -71,7 +100,7 @@ class ClipResult(NamedTuple):
 
 @dataclass(frozen=True)
 class ClipExporter:
-    config: ExportConfig
+    config: ClipSettings
     out_dir: Path
 
     def __call__(self, clip_id: int) -> ClipResult:
@@ -112,7 +141,7 @@ def _describe(key: str, value: object) -> str:
 
 def _check_config(out_dir: Path, settings: dict) -> None:
     """Refuse to mix clips of another dataset or other settings into a folder; record them in a new one."""
-    path = out_dir / CONFIG_FILE
+    path = out_dir / EXPORT_CONFIG
     if path.exists():
         try:
             previous = json.loads(path.read_text())
@@ -132,55 +161,32 @@ def _check_config(out_dir: Path, settings: dict) -> None:
         return
     if list_clips(out_dir):
         raise ValueError(
-            f"{out_dir} holds clips but no {CONFIG_FILE} saying what they are; use another folder"
+            f"{out_dir} holds clips but no {EXPORT_CONFIG} saying what they are; use another folder"
         )
-    tmp = out_dir / f"{CONFIG_FILE}.{os.getpid()}"
+    tmp = out_dir / f"{EXPORT_CONFIG}.{os.getpid()}"
     tmp.write_text(json.dumps(settings, indent=1))
     os.replace(tmp, path)
 
 
-def _parse_crop(crop_size: tuple[int, int] | list[int] | str) -> tuple[int, int]:
-    values = crop_size.split(",") if isinstance(crop_size, str) else list(crop_size)
-    if len(values) != 2 or any(int(v) <= 0 or int(v) % 2 for v in values):
-        raise ValueError(f"crop_size must be two positive even numbers H,W; got {crop_size!r}")
-    return int(values[0]), int(values[1])
-
-
-@explain_flags
-def main(
-    *,
-    dataset_location: str = "data/pointodyssey",  # PointOdyssey root holding <dset>/<sequence>/
-    dset: str = "train",  # split to export
-    S: int = 36,  # frames per clip
-    N: int = 128,  # points per clip
-    crop_size: tuple[int, int] = (384, 512),  # H,W of the exported frames (even numbers)
-    version: str = "ae",  # tag of the export folder name <version>_<S>_<N>_<H>x<W>
-    max_clips: int = 0,  # export items 0..max_clips-1 of the dataset; 0 = all
-    num_workers: int = 1,  # worker processes
-    use_augs: bool = True,  # training augmentations (photometric, occluders, reversal, zoom/crop/flips)
-    out_root: str = "./pod_export",  # parent folder of the export folder
-    seed: int = 0,  # dataset seed: clip i is a pure function of (seed, i)
-) -> None:
-    if S < 2 or N < 1:
-        raise ValueError(f"need S >= 2 and N >= 1, got S={S}, N={N}")
-    crop = _parse_crop(crop_size)
-    config = ExportConfig(str(Path(dataset_location).resolve()), dset, S, N, crop, bool(use_augs), seed)
+def main(cfg: ExportConfig) -> None:
+    location = str(Path(cfg.dataset_location).resolve())
+    config = ClipSettings(location, cfg.dset, cfg.S, cfg.N, cfg.crop_size, cfg.use_augs, cfg.seed)
     dataset = _dataset(config)  # before any folder is made: a wrong --dataset_location leaves nothing behind
     settings = {
         **asdict(config),
-        "crop_size": list(crop),
+        "crop_size": list(cfg.crop_size),
         "sequences": [seq.name for seq in dataset.sequences],
     }
-    out_dir = Path(out_root) / export_version(version, S, N, crop)
+    out_dir = Path(cfg.out_root) / export_version(cfg.version, cfg.S, cfg.N, cfg.crop_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_config(out_dir, settings)
-    ids = range(min(max_clips, len(dataset)) if max_clips > 0 else len(dataset))
+    ids = range(min(cfg.max_clips, len(dataset)) if cfg.max_clips > 0 else len(dataset))
     exporter = ClipExporter(config, out_dir)
 
     counts, reasons, unreadable = Counter(written=0, skipped=0, failed=0), Counter(), set()
     with ExitStack() as stack:
-        if num_workers > 1:
-            pool = stack.enter_context(mp.get_context("spawn").Pool(num_workers))
+        if cfg.num_workers > 1:
+            pool = stack.enter_context(mp.get_context("spawn").Pool(cfg.num_workers))
             results = pool.imap_unordered(exporter, ids)
         else:
             results = map(exporter, ids)
@@ -200,4 +206,4 @@ def main(
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, ExportConfig)

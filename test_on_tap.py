@@ -9,6 +9,7 @@
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,15 +18,15 @@ from datasets.sample import EvalSequence
 from datasets.tapvid import TapVidDavis
 from nets.tracker import WindowModel, track
 from tracking.evaluate import (
+    EvalConfig,
     EvalProtocol,
     ExtraMetrics,
     Metrics,
-    check_image_size,
     evaluate_and_report,
     scale_tracks,
 )
 from tracking.frames import Frames
-from utils.cli import explain_flags, run
+from utils.config import knob, require, run
 from utils.metrics import (
     TAPVID_QUERY_MODES,
     TAPVID_THRESHOLDS,
@@ -89,35 +90,28 @@ def tapvid_extra(modes: Sequence[str], size: tuple[int, int], S: int, iters: int
     return extra
 
 
-@explain_flags
-def main(
-    *,
-    dataset_location: str = "data/tapvid_davis",  # folder holding tapvid_davis.pkl
-    S: int = 128,  # frames per window
-    iters: int = 16,  # refinement iterations per window
-    image_size: tuple[int, int] = (512, 896),  # H,W the frames are resized to (multiples of 32)
-    query_modes: str | tuple[str, ...] = "first,strided",  # TAP-Vid query modes to add ('' = none)
-    max_videos: int | None = None,  # evaluate only the first videos (None = all)
-    init_dir: str = "./reference_model",  # checkpoint file, or directory of model-*.pth (latest is used)
-    device: str = "",  # e.g. cuda, cuda:1, cpu; empty = cuda if available
-    log_dir: str = "./logs_test_on_tap",  # TensorBoard logs and results.json
-    fast: bool = True,  # the fast path (float16, fused kernels) on CUDA; CPU always runs exact float32
-    log_gifs: bool = False,  # also log tracks on frames to TensorBoard
-    random_weights: bool = False,  # skip the checkpoint (smoke runs)
-) -> None:
-    config = dict(locals())
-    size = check_image_size(image_size)
-    modes = (
-        [m.strip() for m in query_modes.split(",") if m.strip()]
-        if isinstance(query_modes, str)
-        else list(query_modes)
-    )
-    if any(m not in TAPVID_QUERY_MODES for m in modes):
-        raise ValueError(f"query_modes must be among {TAPVID_QUERY_MODES}, got {query_modes!r}")
-    extra = tapvid_extra(modes, size, S, iters) if modes else None
-    protocol = EvalProtocol(size, resize="bilinear", S=S, iters=iters, extra=extra)
-    evaluate_and_report(TapVidDavis(dataset_location), protocol, config)
+@dataclass(frozen=True)
+class TapConfig(EvalConfig):
+    dataset_location: str = knob("data/tapvid_davis", "folder holding tapvid_davis.pkl")
+    query_modes: tuple[str, ...] = knob(TAPVID_QUERY_MODES, "TAP-Vid query modes to add ('' = none)")
+    log_dir: str = knob("./logs_test_on_tap", "TensorBoard logs and results.json")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        modes = ", ".join(TAPVID_QUERY_MODES)
+        require(
+            set(self.query_modes) <= set(TAPVID_QUERY_MODES),
+            "query_modes",
+            f"among {modes}",
+            self.query_modes,
+        )
+
+
+def main(cfg: TapConfig) -> None:
+    extra = tapvid_extra(cfg.query_modes, cfg.image_size, cfg.S, cfg.iters) if cfg.query_modes else None
+    protocol = EvalProtocol(cfg.image_size, resize="bilinear", S=cfg.S, iters=cfg.iters, extra=extra)
+    evaluate_and_report(TapVidDavis(cfg.dataset_location), protocol, cfg)
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, TapConfig)

@@ -2,25 +2,32 @@
 
 python train.py                                       # synthetic clips, with a recipe fit for this machine
 python train.py --recipe official                     # the official recipe: B=4, S=36, N=128, 256x384
+python train.py --config my.yaml                      # settings from a file (copy one of configs/)
 python train.py --dataset_location ./pod_export/ae_36_128_256x384  # clips written by export_mp4_dataset.py
 python train.py --dataset_location /data/point_odyssey  # PointOdyssey itself, augmented on the fly
 torchrun --nproc_per_node=8 train.py ...              # one process per GPU (DDP); B is per process
 python train.py --resume --run_name <run>             # continue a run from its latest checkpoint
+
+Each setting is, by precedence: the flag; else a --config file's; else, on --resume, the run's own (read from
+its checkpoint); else the export folder's S, N and crop; else the recipe's (--recipe, or the one fit for this
+machine); else the default below. --print_config shows the result and stops.
 """
 
-import json
+import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from datasets.exportdataset import ExportDataset
+from datasets.exportdataset import EXPORT_CONFIG, ExportDataset, export_settings
 from datasets.pointodyssey import PointOdysseyDataset
 from datasets.sample import ClipBatch, collate_clips
 from datasets.synthetic import SyntheticClips
@@ -28,12 +35,188 @@ from nets.losses import sequence_loss, visibility_loss
 from nets.pips2 import frames_to_rgbs
 from tracking.predictor import build_model
 from utils import checkpoint, dist, recipes
-from utils.cli import explain_flags, run
+from utils.config import Flags, UsageError, check_values, knob, read_file, require, resolve, run, to_yaml
 from utils.logger import Logger, Pace, RunningMeans, parameter_table
 from utils.metrics import compute_ate, compute_pips_metrics, occlusion_accuracy
 from utils.vis import draw_tracks
 
 log = logging.getLogger("train")
+
+MIN_CROP_SIDE = 64  # the encoder's coarsest correlation level needs 8 feature pixels a side
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset_location: str = knob(
+        "", "'' = the built-in synthetic clips; an export folder; or a PointOdyssey root"
+    )
+    recipe: str = knob(
+        "", f"one of {', '.join(recipes.RECIPES)} (configs/); '' = the one fit for this machine"
+    )
+    B: int | None = knob(None, "clips per micro-batch and per process (default: the recipe's)")
+    S: int | None = knob(None, "frames per clip (default: the export's, else the recipe's)")
+    N: int | None = knob(None, "tracked points per clip (default: the export's, else the recipe's)")
+    crop_size: tuple[int, int] | None = knob(
+        None, "H,W of the training clips (default: the export's, else the recipe's)"
+    )
+    iters: int | None = knob(None, "refinement iterations, twice as many to validate (default: the recipe's)")
+    grad_acc: int | None = knob(None, "micro-batches accumulated per optimizer step (default: the recipe's)")
+    max_steps: int | None = knob(None, "optimizer steps (default: the recipe's)")
+    val_freq: int | None = knob(None, "validate every this many steps, 0 = never (default: the recipe's)")
+    log_freq: int | None = knob(None, "TensorBoard gifs every this many steps, scalars 4x as often (ditto)")
+    save_freq: int | None = knob(None, "checkpoint every this many steps (default: the recipe's)")
+    num_workers: int | None = knob(None, "DataLoader workers per process (default: the recipe's)")
+    lr: float = knob(5e-4, "peak learning rate of AdamW")
+    weight_decay: float = knob(1e-6, "AdamW weight decay")
+    grad_clip: float = knob(5.0, "gradient-norm clipping")
+    use_scheduler: bool = knob(True, "OneCycleLR: 10% warm-up, linear anneal")
+    use_augs: bool = knob(True, "augment (exported / PointOdyssey data; the transpose augmentation for all)")
+    val_clips: int = knob(64, "size of the held-out validation set")
+    keep_latest: int = knob(5, "checkpoints kept per run")
+    seed: int = knob(0, "seed of the model init, the data order and every augmentation")
+    run_name: str = knob("", "'' = a new name from the config and the time")
+    resume: bool = knob(False, "continue run_name (or the newest run in ckpt_dir) from its latest checkpoint")
+    init_ckpt: str = knob("", "start from these weights only (a file or a checkpoint directory)")
+    vis_head: bool = knob(False, "also train a visibility head (visibility and confidence, BCE on visibs)")
+    vis_weight: float = knob(1.0, "weight of the visibility head's loss beside the tracking loss")
+    head_only: bool = knob(False, "train only the visibility head; the backbone (from --init_ckpt) is frozen")
+    log_dir: str = knob("./logs_train", "TensorBoard logs and config.yaml, per run")
+    ckpt_dir: str = knob("./checkpoints", "checkpoints, per run")
+    device: str = knob("", "'' = cuda if available, else mps, else cpu")
+    fast: bool = knob(
+        True, "the fast path on CUDA: bf16 autocast, channels_last, fused kernels (CPU: float32)"
+    )
+    recompute: bool | None = knob(
+        None, "recompute activations in backward: less memory, more time (default: CPU)"
+    )
+    compile: bool = knob(False, "torch.compile the model")
+    max_bad_steps: int = knob(5, "stop after this many non-finite losses in a row")
+
+    def __post_init__(self) -> None:
+        for name in ("B", "N", "iters", "grad_acc", "max_steps", "log_freq", "save_freq"):
+            value = getattr(self, name)
+            require(value is None or value >= 1, name, "at least 1", value)
+        require(self.S is None or self.S >= 2, "S", "at least 2 (frames per clip)", self.S)
+        for name in ("val_freq", "num_workers"):
+            value = getattr(self, name)
+            require(value is None or value >= 0, name, "0 or more", value)
+        if self.crop_size is not None:
+            enough = min(self.crop_size) >= MIN_CROP_SIDE
+            require(enough, "crop_size", f"at least {MIN_CROP_SIDE} pixels a side", self.crop_size)
+        for name in ("val_clips", "keep_latest", "max_bad_steps"):
+            require(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
+        require(self.lr > 0, "lr", "positive", self.lr)
+        require(self.grad_clip > 0, "grad_clip", "positive", self.grad_clip)
+        require(self.weight_decay >= 0, "weight_decay", "0 or more", self.weight_decay)
+        require(self.vis_weight >= 0, "vis_weight", "0 or more", self.vis_weight)
+        recipe_names = ", ".join(recipes.RECIPES)
+        require(self.recipe in ("", *recipes.RECIPES), "recipe", f"one of {recipe_names}", self.recipe)
+        if self.head_only and not (self.init_ckpt or self.resume):
+            raise UsageError(
+                "--head_only trains the visibility head on a trained backbone: give it --init_ckpt"
+            )
+
+    def recipe_knobs(self) -> recipes.Recipe:
+        """This config's recipe knobs (all set once the config is resolved)."""
+        return recipes.Recipe(self.recipe, **{k: getattr(self, k) for k in recipes.OFFICIAL.knobs()})
+
+
+RECIPE_KNOBS = recipes.OFFICIAL.knobs()
+EXPORT_KNOBS = ("S", "N", "crop_size")  # what an export folder fixes for every clip in it
+
+
+def newest_run(ckpt_root: Path) -> str:
+    runs = sorted(
+        (p for p in ckpt_root.glob("*") if checkpoint.latest_checkpoint(p)), key=lambda p: p.stat().st_mtime
+    )
+    if not runs:
+        raise FileNotFoundError(f"--resume: no run with checkpoints in {ckpt_root}")
+    return runs[-1].name
+
+
+def run_config(run_dir: Path) -> dict[str, Any]:
+    """The config a run's newest checkpoint holds (the settings of this config that it names)."""
+    path, state = checkpoint.read_newest(run_dir)
+    saved = state.get("config") or {}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return check_values({k: v for k, v in saved.items() if k in known}, TrainConfig, f"the config of {path}")
+
+
+def export_layer(location: str, above: Sequence[tuple[str, dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
+    """(where, S, N and crop_size) of an export folder's export_config.json, or ('', {}) for other data. A
+    setting of `above` (the layers over it) that the clips cannot give is a UsageError naming both values."""
+    settings = export_settings(Path(location)) if location else None
+    if settings is None:
+        return "", {}
+    where = str(Path(location) / EXPORT_CONFIG)
+    layer = check_values({k: settings[k] for k in EXPORT_KNOBS}, TrainConfig, where)
+    for source, values in above:
+        for k in EXPORT_KNOBS:
+            asked = values.get(k)
+            fits = asked is None or asked == layer[k] or (k == "N" and asked <= layer[k])
+            if not fits:
+                raise UsageError(
+                    f"--{k} {asked} ({source}) does not fit the export folder's {k}={layer[k]} ({where}); "
+                    f"export again with --{k} {asked}, or drop the flag"
+                )
+    return where, layer
+
+
+def least_free_memory(info: dist.DistInfo) -> int | None:
+    """Free bytes of this process's device (None off CUDA), the least on any process so all agree."""
+    free = recipes.free_memory(info.device)
+    if free is not None:
+        free = int(dist.all_reduce_min(torch.tensor(float(free), device=info.device)).item())
+    return free
+
+
+def resolve_config(cls: type[TrainConfig], flags: Flags) -> tuple[TrainConfig, list[str]]:
+    """The run's config by the precedence of the module docstring, and the line that tells it."""
+    files = [(f"--config {path}", read_file(path, cls)) for path in flags.files]
+    users = [*files, ("flags", flags.given)]
+    asked = resolve(cls, *(values for _, values in users))
+    info = dist.setup(asked.device)
+    run_name, resumed = asked.run_name, {}
+    if asked.resume:
+        run_name = run_name or newest_run(Path(asked.ckpt_dir))
+        resumed = run_config(Path(asked.ckpt_dir) / run_name)
+        if asked.recipe and resumed.get("recipe", asked.recipe) != asked.recipe:
+            raise UsageError(
+                f"--recipe {asked.recipe}: run {run_name} trains recipe {resumed['recipe']}, which a resumed "
+                "run keeps; give the settings to change as flags"
+            )
+    free = least_free_memory(info)
+    name = asked.recipe or resumed.get("recipe", "")
+    base, why = (recipes.RECIPES[name], "as asked") if name else recipes.choose(info.device, free)
+    export_where, export = export_layer(asked.dataset_location, users)
+    layers = [
+        (f"recipe {base.name}", {k: getattr(base, k) for k in RECIPE_KNOBS}),
+        (export_where, export),
+        (f"run {run_name}", resumed),
+        *users,
+    ]
+    config = resolve(cls, *(values for _, values in layers), {"recipe": base.name})
+    if config.recompute is None:
+        config = dataclasses.replace(
+            config, recompute=recipes.recompute_pays(config.recipe_knobs(), info.device, free)
+        )
+    if not run_name:
+        stamp = time.strftime("%Y%m%d_%H%M%S")
+        run_name = f"{config.B}_{config.S}_{config.N}_i{config.iters}_{config.lr:.0e}_{stamp}"
+    config = dataclasses.replace(config, run_name=run_name)
+    return config, [recipe_line(config, why, layers)] if info.is_main else []
+
+
+def recipe_line(config: TrainConfig, why: str, layers: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """The recipe of the run and where each of its knobs that is not the recipe's came from."""
+    line = f"recipe {config.recipe}: {config.recipe_knobs().describe()} ({why}); "
+    line += f"activations {'recomputed' if config.recompute else 'stored'} (--recompute)"
+    for source, values in layers[1:]:
+        if named := [f"--{k}" if source == "flags" else k for k in values if k in RECIPE_KNOBS]:
+            line += f"; from {source}: {', '.join(named)}"
+    if config.recipe != recipes.OFFICIAL.name:
+        line += f". {recipes.official_hint()}"
+    return line
 
 
 class ResumableSampler(DistributedSampler):
@@ -80,29 +263,28 @@ def batches(dataset: Dataset, B: int, num_workers: int, info: dist.DistInfo, see
         epoch, offset = epoch + 1, 0
 
 
-def open_data(
-    location: str, S: int, N: int, crop: tuple[int, int], use_augs: bool, seed: int, val_clips: int
-):
-    """(train, val) datasets: synthetic clips when `location` is empty, an export folder (clip folders with
-    rgb.mp4 + track.npz; its last clips are held out), or a PointOdyssey root (train/ and, if present, val/;
-    without one val is None)."""
-    if not location:
+def open_data(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
+    """(train, val) datasets: synthetic clips when there is no dataset_location, an export folder (clip
+    folders with rgb.mp4 + track.npz; its last clips are held out), or a PointOdyssey root (train/ and, if
+    present, val/; without one val is None)."""
+    S, N, crop, augs, seed = cfg.S, cfg.N, cfg.crop_size, cfg.use_augs, cfg.seed
+    if not cfg.dataset_location:
         return (
-            SyntheticClips(S, N, crop, length=100_000, seed=seed, use_augs=use_augs),
-            SyntheticClips(S, N, crop, length=val_clips, seed=seed + 1_000_003),
+            SyntheticClips(S, N, crop, length=100_000, seed=seed, use_augs=augs),
+            SyntheticClips(S, N, crop, length=cfg.val_clips, seed=seed + 1_000_003),
         )
-    root = Path(location)
+    root = Path(cfg.dataset_location)
     if not root.is_dir():
         raise FileNotFoundError(f"--dataset_location {root} is not a directory")
     if any(root.glob("*/track.npz")):
-        train = ExportDataset(str(root.parent), root.name, S, N, crop, use_augs=use_augs, seed=seed)
+        train = ExportDataset(str(root.parent), root.name, S, N, crop, use_augs=augs, seed=seed)
         val = ExportDataset(str(root.parent), root.name, S, N, crop, use_augs=False, seed=seed + 1)
-        held_out = max(1, min(val_clips, len(train.clips) // 10))  # the last clips are the held-out split
+        held_out = max(1, min(cfg.val_clips, len(train.clips) // 10))  # the last clips are the held-out split
         train.select(slice(None, -held_out))
         val.select(slice(-held_out, None))
         return train, val
     if (root / "train").is_dir():
-        train = PointOdysseyDataset(str(root), "train", S, N, crop_size=crop, use_augs=use_augs, seed=seed)
+        train = PointOdysseyDataset(str(root), "train", S, N, crop_size=crop, use_augs=augs, seed=seed)
         if not (root / "val").is_dir():
             log.warning("%s has no val/ split: validation is off", root)
             return train, None
@@ -115,17 +297,20 @@ def open_data(
 
 def initial_trajs(trajs_g: torch.Tensor, g: torch.Generator, H: int, W: int) -> torch.Tensor:
     """The official training init: random tracks blended with the truth, half of them replaced by
-    zero-velocity tracks, frame 0 exact."""
+    zero-velocity tracks, frame 0 exact. Each clip's draws are taken in turn, so a clip starts alike whether
+    it is trained in one batch or in micro-batches."""
     B, S, N, _ = trajs_g.shape
     dev = trajs_g.device
-    rand = torch.rand(B, S, N, 2, generator=g).to(dev) * torch.tensor([W - 1.0, H - 1.0], device=dev)
-    coeff = torch.rand(B, 1, N, 1, generator=g).to(dev)
-    trajs = rand * coeff + trajs_g * (1 - coeff)  # B,S,N,2
-    zero_vel = trajs_g[:, :1].expand(B, S, N, 2)
-    keep = (torch.rand(B, 1, N, 1, generator=g) > 0.5).to(dev, trajs.dtype)
-    trajs = trajs * keep + zero_vel * (1 - keep)
-    trajs[:, 0] = trajs_g[:, 0]
-    return trajs
+    starts = []
+    for clip in trajs_g:  # S,N,2
+        rand = torch.rand(S, N, 2, generator=g).to(dev) * torch.tensor([W - 1.0, H - 1.0], device=dev)
+        coeff = torch.rand(1, N, 1, generator=g).to(dev)
+        keep = (torch.rand(1, N, 1, generator=g) > 0.5).to(dev, clip.dtype)
+        blend = rand * coeff + clip * (1 - coeff)  # S,N,2
+        start = blend * keep + clip[:1].expand(S, N, 2) * (1 - keep)
+        start[0] = clip[0]
+        starts.append(start)
+    return torch.stack(starts)  # B,S,N,2
 
 
 @dataclass
@@ -137,19 +322,20 @@ class StepResult:
 
 
 def run_model(
-    model,
+    model: nn.Module,
     batch: ClipBatch,
     iters: int,
     g: torch.Generator,
     train: bool,
     vis_weight: float = 1.0,
     zero_velocity: bool = False,
+    transpose: bool = False,
 ) -> StepResult:
-    """One forward + loss. In training, half of the batches are transposed (H<->W) and tracks start from
-    the official random init; validation, and training with zero_velocity, start from zero velocity as
-    inference does. With a visibility head the loss adds vis_weight times its visibility_loss."""
+    """One forward + loss. In training, tracks start from the official random init, and with `transpose`
+    the clips are seen transposed (H<->W); validation, and training with zero_velocity, start from zero
+    velocity as inference does. With a visibility head the loss adds vis_weight times its visibility_loss."""
     frames, trajs_g, visibs, valids = batch  # frames B,S,H,W,3 uint8
-    if train and torch.rand((), generator=g) < 0.5:
+    if train and transpose:
         frames, trajs_g = frames.transpose(2, 3), trajs_g.flip(-1)  # H<->W, and x<->y with them
     H, W = frames.shape[2:4]
     if train and not zero_velocity:
@@ -186,43 +372,61 @@ def tracks_gif(res: StepResult) -> np.ndarray:
     )
 
 
+@dataclass
+class TrainState:
+    """What a training step updates, and how."""
+
+    net: nn.Module  # the model as trained (wrapped by DistributedDataParallel or compiled where it is)
+    params: list[nn.Parameter]  # the trained parameters
+    optimizer: torch.optim.Optimizer
+    cfg: TrainConfig
+
+
 class TrainStep(NamedTuple):
-    loss: float  # mean over the micro-batches
+    loss: float  # the loss of the step's clips, as one batch
     result: StepResult | None  # of the last micro-batch
-    rtime: float  # seconds reading data
     itime: float  # seconds in forward and backward
     skipped: bool  # a non-finite loss or gradient: no update was made
 
 
-def train_step(
-    net, params, optimizer, data, g, iters, grad_acc, grad_clip, device, vis_weight, zero_velocity=False
-) -> TrainStep:
-    """Forward/backward over grad_acc micro-batches, gradient clipping and one optimizer step; with
-    zero_velocity the tracks start as at inference (run_model).
+def train_step(state: TrainState, micro_batches: Sequence[ClipBatch], g: torch.Generator) -> TrainStep:
+    """Forward and backward over the micro-batches of one optimizer step, gradient clipping and the update.
 
-    Every rank agrees on skipping a step with a non-finite loss, so DDP never waits on a missing backward.
+    The gradients are those of one batch of the same clips: the losses are means over valid annotations, so
+    each micro-batch counts by its share of the step's; one transposition is drawn for the whole step and
+    each clip's initial tracks in turn (initial_trajs). A non-finite loss or gradient skips the update.
     """
-    net.train()
-    rtime = itime = total = 0.0
-    res = None
-    for _ in range(grad_acc):
-        t_read = time.time()
-        batch = next(data).to(device)
-        t_iter = time.time()
-        rtime += t_iter - t_read
-        res = run_model(net, batch, iters, g, train=True, vis_weight=vis_weight, zero_velocity=zero_velocity)
+    cfg, began = state.cfg, time.time()
+    state.net.train()
+    transpose = bool(torch.rand((), generator=g) < 0.5)
+    valid = torch.stack([batch.valids.sum() for batch in micro_batches])  # K
+    shares = valid / valid.sum().clamp(min=1.0)  # K
+    total, res = 0.0, None
+    for batch, share in zip(micro_batches, shares):
+        # in head-only training the head learns on tracks as inference makes them
+        res = run_model(
+            state.net,
+            batch,
+            cfg.iters,
+            g,
+            train=True,
+            vis_weight=cfg.vis_weight,
+            zero_velocity=cfg.head_only,
+            transpose=transpose,
+        )
         if dist.all_reduce_mean(torch.isfinite(res.loss).float()).item() < 1.0:
-            optimizer.zero_grad(set_to_none=True)
-            return TrainStep(float("nan"), res, rtime, itime, True)
-        (res.loss / grad_acc).backward()
-        total += res.loss.item() / grad_acc
-        itime += time.time() - t_iter
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            # no backward through non-finite tracks (their sampling's backward reads out of bounds); every
+            # rank sees the same mean and skips, so DDP never waits on a missing backward
+            state.optimizer.zero_grad(set_to_none=True)
+            return TrainStep(float("nan"), res, time.time() - began, True)
+        (res.loss * share).backward()
+        total += float(res.loss * share)
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.params, cfg.grad_clip)
     skipped = not torch.isfinite(grad_norm).item()
     if not skipped:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return TrainStep(total, res, rtime, itime, skipped)
+        state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    return TrainStep(total, res, time.time() - began, skipped)
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -230,54 +434,37 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + rank)
 
 
-def newest_run(ckpt_root: Path) -> str:
-    runs = sorted(
-        (p for p in ckpt_root.glob("*") if checkpoint.latest_checkpoint(p)), key=lambda p: p.stat().st_mtime
+def build_training(cfg: TrainConfig, info: dist.DistInfo) -> tuple[TrainState, nn.Module, Any, int]:
+    """(the state a step updates, the bare model, the scheduler, the step to start after)."""
+    weights = None if cfg.resume else cfg.init_ckpt or None
+    model = build_model(weights, info.device, "train", cfg.fast, vis_head=cfg.vis_head or cfg.head_only)
+    model.set_recompute(cfg.recompute)
+    model.norm.requires_grad_(False)  # unused by the forward; kept only for checkpoint compatibility
+    if cfg.head_only:
+        model.requires_grad_(False)
+        model.vis_head.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=1e-8)
+    scheduler = None
+    if cfg.use_scheduler:
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=cfg.lr,
+            total_steps=cfg.max_steps + 100,
+            pct_start=0.1,
+            cycle_momentum=False,
+            anneal_strategy="linear",
+        )
+    start = (
+        checkpoint.load(Path(cfg.ckpt_dir) / cfg.run_name, model, optimizer, scheduler) if cfg.resume else 0
     )
-    if not runs:
-        raise FileNotFoundError(f"--resume: no run with checkpoints in {ckpt_root}")
-    return runs[-1].name
-
-
-def least_free_memory(info: dist.DistInfo) -> int | None:
-    """Free bytes of this process's device (None off CUDA), the least on any process so all agree."""
-    free = recipes.free_memory(info.device)
-    if free is not None:
-        free = int(dist.all_reduce_min(torch.tensor(float(free), device=info.device)).item())
-    return free
-
-
-def pick_recipe(
-    name: str, given: dict, saved: dict, info: dist.DistInfo, recompute: bool | None = None
-) -> tuple[recipes.Recipe, bool, str]:
-    """(the recipe of this run, whether it recomputes activations, the line that tells both). Each knob is
-    the flag's value if given, else on --resume the run's own, else the recipe's: `name`, else the run's,
-    else the one fit for this device and its free memory (the least free on any process, so that all
-    processes agree). `recompute` None: on CPU and MPS, and on CUDA where storing every activation of a
-    step does not fit."""
-    free = least_free_memory(info)
-    if name and name != saved.get("recipe"):
-        saved = {}  # another recipe than the run's: none of its knobs
-    name = name or saved.get("recipe", "")
-    if name:
-        if name not in recipes.RECIPES:
-            raise ValueError(f"--recipe must be one of {', '.join(recipes.RECIPES)}, got {name!r}")
-        base, why = recipes.RECIPES[name], "the run's own" if saved else "as asked"
-    else:
-        base, why = recipes.choose(info.device, free)
-    knobs = {k: given.get(k, saved.get(k)) for k in base.knobs()}
-    if knobs["crop_size"] is not None:
-        knobs["crop_size"] = tuple(knobs["crop_size"])  # a list in config.json
-    plan = recipes.resolve(base, **knobs)
-    if recompute is None:
-        recompute = recipes.recompute_pays(plan, info.device, free)
-    line = f"recipe {plan.name}: {plan.describe()} ({why}); "
-    line += f"activations {'recomputed' if recompute else 'stored'} (--recompute)"
-    if given:
-        line += f"; set by flags: {', '.join(f'--{k}' for k in given)}"
-    if plan.name != recipes.OFFICIAL.name:
-        line += f". {recipes.official_hint()}"
-    return plan, recompute, line
+    net = model
+    if info.world_size > 1:
+        net = DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
+    net = torch.compile(net) if cfg.compile else net
+    return TrainState(net, params, optimizer, cfg), model, scheduler, start
 
 
 def skipped_data(data: Dataset | None) -> list[str]:
@@ -288,167 +475,74 @@ def skipped_data(data: Dataset | None) -> list[str]:
     return data.skipped + [f"{name}: failed to read (see its warning)" for name in data.unreadable.found()]
 
 
-@explain_flags
-def main(
-    *,
-    dataset_location: str = "",  # '' = built-in synthetic clips; an export folder; or a PointOdyssey root
-    recipe: str = "",  # '' = fit for this machine (the official one on a big GPU); official, official-b2, ...
-    B: int | None = None,  # clips per batch and per process (default: the recipe's)
-    S: int | None = None,  # frames per clip (default: the recipe's)
-    N: int | None = None,  # tracked points per clip (default: the recipe's)
-    crop_size: tuple[int, int] | None = None,  # H,W of the training clips (default: the recipe's)
-    iters: int | None = None,  # refinement iterations, twice as many to validate (default: the recipe's)
-    lr: float = 5e-4,  # peak learning rate of AdamW
-    weight_decay: float = 1e-6,  # AdamW weight decay
-    grad_clip: float = 5.0,  # gradient-norm clipping
-    grad_acc: int | None = None,  # micro-batches accumulated per optimizer step (default: the recipe's)
-    max_steps: int | None = None,  # optimizer steps (default: the recipe's)
-    use_scheduler: bool = True,  # OneCycleLR: 10% warm-up, linear anneal
-    use_augs: bool = True,  # augment (exported / PointOdyssey data; the transpose augmentation for all)
-    val_freq: int | None = None,  # validate every this many steps, 0 = never (default: the recipe's)
-    val_clips: int = 64,  # size of the held-out validation set
-    log_freq: int | None = None,  # TensorBoard gifs every this many steps, scalars 4x as often (ditto)
-    save_freq: int | None = None,  # checkpoint every this many steps (default: the recipe's)
-    keep_latest: int = 5,  # checkpoints kept per run
-    num_workers: int | None = None,  # DataLoader workers per process (default: the recipe's)
-    seed: int = 0,  # seed of the model init, the data order and every augmentation
-    run_name: str = "",  # '' = a new name from the config and the time
-    resume: bool = False,  # continue run_name (or the newest run in ckpt_dir) from its latest checkpoint
-    init_ckpt: str = "",  # start from these weights only (a file or a checkpoint directory)
-    vis_head: bool = False,  # also train a visibility head (visibility and confidence, BCE on visibs)
-    vis_weight: float = 1.0,  # weight of the visibility head's loss beside the tracking loss
-    head_only: bool = False,  # train only the visibility head; the backbone (from --init_ckpt) is frozen
-    log_dir: str = "./logs_train",  # TensorBoard logs and config.json, per run
-    ckpt_dir: str = "./checkpoints",  # checkpoints, per run
-    device: str = "",  # '' = cuda if available, else mps, else cpu
-    fast: bool = True,  # the fast path on CUDA: bf16 autocast, channels_last, fused kernels (CPU: float32)
-    recompute: bool | None = None,  # recompute activations in backward: less memory, more time (default: CPU)
-    compile: bool = False,  # torch.compile the model
-    max_bad_steps: int = 5,  # stop after this many non-finite losses in a row
-) -> None:
-    config = {k: v for k, v in locals().items()}
+def main(cfg: TrainConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    info = dist.setup(device)
-    torch.manual_seed(seed)
-    ckpt_root = Path(ckpt_dir)
-    if resume and not run_name:
-        run_name = newest_run(ckpt_root)
-    saved_path = Path(log_dir) / run_name / "config.json"
-    saved = json.loads(saved_path.read_text()) if resume and run_name and saved_path.is_file() else {}
-    given = {k: v for k, v in config.items() if k in recipes.OFFICIAL.knobs() and v is not None}
-    plan, recompute, recipe_line = pick_recipe(recipe, given, saved, info, recompute)
-    config.update({k: getattr(plan, k) for k in plan.knobs()}, recipe=plan.name)
-    if info.is_main:
-        print(recipe_line)
-    if not dataset_location and info.is_main:
+    info = dist.setup(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if not cfg.dataset_location and info.is_main:
         print(
             "training on the built-in synthetic clips; for PointOdyssey pass --dataset_location "
             "<PointOdyssey root or export folder> (see README)"
         )
-    B, S, N, crop, iters = plan.B, plan.S, plan.N, plan.crop_size, plan.iters
-    train_data, val_data = open_data(dataset_location, S, N, crop, use_augs, seed, val_clips)
-
-    run_name = run_name or f"{B}_{S}_{N}_i{iters}_{lr:.0e}_{time.strftime('%Y%m%d_%H%M%S')}"
-    run_ckpt, run_log = ckpt_root / run_name, Path(log_dir) / run_name
-
-    vis_head, head_only = vis_head or bool(saved.get("vis_head")), head_only or bool(saved.get("head_only"))
-    config.update(vis_head=vis_head, head_only=head_only)  # a resumed run keeps its head
-    if head_only and not (init_ckpt or resume):
-        raise ValueError("--head_only trains the visibility head on a trained backbone: give it --init_ckpt")
-    with_head = vis_head or head_only
-    model = build_model(None if resume else init_ckpt or None, info.device, "train", fast, vis_head=with_head)
-    model.set_recompute(recompute)
-    dtype = model.fast_dtype if model.fast else None
-    model.norm.requires_grad_(False)  # unused by the forward; kept only for checkpoint compatibility
-    if head_only:
-        model.requires_grad_(False)
-        model.vis_head.requires_grad_(True)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=1e-8)
-    scheduler = None
-    if use_scheduler:
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=lr,
-            total_steps=plan.max_steps + 100,
-            pct_start=0.1,
-            cycle_momentum=False,
-            anneal_strategy="linear",
-        )
-    start = 0
-    if resume:
-        start = checkpoint.load(run_ckpt, model, optimizer, scheduler)
-    if info.world_size > 1:
-        model = DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
-        )
-    net = torch.compile(model) if compile else model
-
+    train_data, val_data = open_data(cfg)
+    state, model, scheduler, start = build_training(cfg, info)
+    run_ckpt, run_log = Path(cfg.ckpt_dir) / cfg.run_name, Path(cfg.log_dir) / cfg.run_name
     logger = Logger(run_log, enabled=info.is_main)
     if info.is_main:
-        print(parameter_table(checkpoint.unwrap(model)))
+        print(parameter_table(model))
         run_log.mkdir(parents=True, exist_ok=True)
-        (run_log / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        (run_log / "config.yaml").write_text(to_yaml(cfg))
+        precision = " (fast path, bf16)" if model.fast and model.fast_dtype != torch.float32 else ""
         print(
-            f"run {run_name}: {'resuming at step ' + str(start) if resume else 'new'}; device {info.device}"
-            f"{' (fast path, bf16)' if dtype is not None else ''}; {info.world_size} process(es)"
+            f"run {cfg.run_name}: {'resuming at step ' + str(start) if cfg.resume else 'new'}; "
+            f"device {info.device}{precision}; {info.world_size} process(es)"
         )
-
-    train_iter = batches(train_data, B, plan.num_workers, info, seed, start * plan.grad_acc)
-    val_iter = batches(val_data, B, 0, info, seed + 1) if plan.val_freq and val_data is not None else None
-    pools_t, pools_v = RunningMeans(1000), RunningMeans(1000)
-    pace = Pace()
-    bad_steps = 0
-    step = start
-    while step < plan.max_steps:
-        step += 1
-        t0 = time.time()
-        g = step_generator(seed, step, info.rank)
-        out = train_step(
-            net, params, optimizer, train_iter, g, iters, plan.grad_acc, grad_clip, info.device, vis_weight,
-            zero_velocity=head_only,  # the head learns on tracks as inference makes them
-        )  # fmt: skip
+    train_iter = batches(train_data, cfg.B, cfg.num_workers, info, cfg.seed, start * cfg.grad_acc)
+    val_iter = (
+        batches(val_data, cfg.B, 0, info, cfg.seed + 1) if cfg.val_freq and val_data is not None else None
+    )
+    pools_t, pools_v, pace, bad_steps = RunningMeans(1000), RunningMeans(1000), Pace(), 0
+    for step in range(start + 1, cfg.max_steps + 1):
+        began = time.time()
+        micro_batches = [next(train_iter).to(info.device) for _ in range(cfg.grad_acc)]
+        rtime = time.time() - began
+        out = train_step(state, micro_batches, step_generator(cfg.seed, step, info.rank))
+        bad_steps = bad_steps + 1 if out.skipped else 0
         if out.skipped:
-            bad_steps += 1
             log.warning("step %d: non-finite loss or gradient; step skipped (%d in a row)", step, bad_steps)
-            if bad_steps >= max_bad_steps:
+            if bad_steps >= cfg.max_bad_steps:
                 raise RuntimeError(f"{bad_steps} non-finite steps in a row at step {step}; stopping")
         else:
-            bad_steps = 0
             pools_t.update({**metrics_of(out.result), "loss": out.loss})
         if scheduler is not None:
             scheduler.step()
         if info.is_main:
-            if step % max(plan.log_freq // 4, 1) == 0:
-                logger.scalars(step, pools_t.means(), "train/")
-                logger.scalars(step, pools_v.means(), "val/")
-                logger.scalars(step, {"lr": optimizer.param_groups[0]["lr"]}, "_/")
-            if step % plan.log_freq == 0 and not out.skipped:
-                logger.gif("2_outputs/trajs_e_on_rgbs", tracks_gif(out.result), step, fps=min(S, 8))
-            if step % plan.save_freq == 0 or step == plan.max_steps:
-                config["step"] = step
-                checkpoint.save(run_ckpt, model, optimizer, scheduler, step, keep_latest, config=config)
+            log_step(
+                logger,
+                step,
+                out,
+                {"train": pools_t, "val": pools_v},
+                state.optimizer.param_groups[0]["lr"],
+                cfg,
+            )
+            if step % cfg.save_freq == 0 or step == cfg.max_steps:
+                config = dataclasses.asdict(cfg)
+                checkpoint.save(
+                    run_ckpt, model, state.optimizer, scheduler, step, cfg.keep_latest, config=config
+                )
             pace.tick()
             print(
-                f"{run_name}; step {step:06d}/{plan.max_steps}; rtime {out.rtime:.2f}; "
-                f"itime {out.itime:.2f}; loss {out.loss:.3f}; loss_t {pools_t.mean('loss'):.2f}; "
-                f"d_t {pools_t.mean('d_avg'):.1f}; d_v {pools_v.mean('d_avg'):.1f}; "
-                f"time {time.time() - t0:.2f}; {pace.steps_per_s():.2f} steps/s; "
-                f"eta {pace.eta(plan.max_steps - step)}",
+                f"{cfg.run_name}; step {step:06d}/{cfg.max_steps}; rtime {rtime:.2f}; itime {out.itime:.2f}; "
+                f"loss {out.loss:.3f}; loss_t {pools_t.mean('loss'):.2f}; d_t {pools_t.mean('d_avg'):.1f}; "
+                f"d_v {pools_v.mean('d_avg'):.1f}; time {time.time() - began:.2f}; "
+                f"{pace.steps_per_s():.2f} steps/s; eta {pace.eta(cfg.max_steps - step)}",
                 flush=True,  # also when piped to a log file
             )
-        if val_iter is not None and (step % plan.val_freq == 0 or step == start + 1):
-            val = validate(
-                net, next(val_iter).to(info.device), iters * 2, logger, step, plan.log_freq, vis_weight
+        if val_iter is not None and (step % cfg.val_freq == 0 or step == start + 1):
+            pools_v.update(
+                validate(state.net, next(val_iter).to(info.device), cfg, logger, step, info.is_main)
             )
-            pools_v.update(val)
-            if info.is_main:  # after the step's line, which it would delay; its own line, as d_v lags
-                line = f"{run_name}; validation at step {step}: d_avg {val['d_avg']:.1f}"
-                if "occlusion_accuracy" in val:
-                    line += f"; occlusion_accuracy {val['occlusion_accuracy']:.1f}"
-                    line += f" (always visible: {val['occlusion_accuracy_always_visible']:.1f})"
-                print(f"{line}; loss {val['loss']:.2f}", flush=True)
-    if info.is_main and dataset_location:
+    if info.is_main and cfg.dataset_location:
         for split, data in (("training", train_data), ("validation", val_data)):
             skipped = skipped_data(data)
             print(
@@ -459,17 +553,37 @@ def main(
     dist.teardown()
 
 
+def log_step(
+    logger: Logger, step: int, out: TrainStep, means: dict[str, RunningMeans], lr: float, cfg: TrainConfig
+) -> None:
+    """TensorBoard: the running means every log_freq / 4 steps, the tracks as a gif every log_freq."""
+    if step % max(cfg.log_freq // 4, 1) == 0:
+        for split, pool in means.items():
+            logger.scalars(step, pool.means(), f"{split}/")
+        logger.scalars(step, {"lr": lr}, "_/")
+    if step % cfg.log_freq == 0 and not out.skipped:
+        logger.gif("2_outputs/trajs_e_on_rgbs", tracks_gif(out.result), step, fps=min(cfg.S, 8))
+
+
 @torch.no_grad()
 def validate(
-    model, batch: ClipBatch, iters: int, logger: Logger, step: int, log_freq: int, vis_weight: float
-):
-    """Metrics of one held-out batch, tracked from zero velocity with 2x iterations."""
-    model.eval()
-    res = run_model(model, batch, iters, torch.Generator(), train=False, vis_weight=vis_weight)
-    if step % log_freq == 0:
+    net: nn.Module, batch: ClipBatch, cfg: TrainConfig, logger: Logger, step: int, report: bool
+) -> dict[str, float]:
+    """Metrics of one held-out batch, tracked from zero velocity with twice the iterations; the main
+    process prints them on a line of their own (d_v on the step lines lags)."""
+    net.eval()
+    res = run_model(net, batch, 2 * cfg.iters, torch.Generator(), train=False, vis_weight=cfg.vis_weight)
+    if step % cfg.log_freq == 0:
         logger.gif("val/trajs_e_on_rgbs", tracks_gif(res), step)
-    return {**metrics_of(res), "loss": res.loss.item()}
+    val = {**metrics_of(res), "loss": res.loss.item()}
+    if report:
+        line = f"{cfg.run_name}; validation at step {step}: d_avg {val['d_avg']:.1f}"
+        if "occlusion_accuracy" in val:
+            line += f"; occlusion_accuracy {val['occlusion_accuracy']:.1f}"
+            line += f" (always visible: {val['occlusion_accuracy_always_visible']:.1f})"
+        print(f"{line}; loss {val['loss']:.2f}", flush=True)
+    return val
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, TrainConfig, resolve_config)

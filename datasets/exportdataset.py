@@ -11,6 +11,7 @@ is written twice. Locks and temporary folders left by killed processes are recog
 (owner process gone, or older than STALE_AFTER_S when written from another host) and replaced.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -33,11 +34,27 @@ CRF = 20  # x264 constant quality of the official export
 LOCK_SUFFIX = ".lock"
 TMP_PREFIX = ".tmp-"
 STALE_AFTER_S = 600.0  # a lock or temporary folder from another host older than this is abandoned
+EXPORT_CONFIG = "export_config.json"  # an export folder's record of its dataset and settings
 
 
 def export_version(tag: str, S: int, N: int, crop_size: tuple[int, int]) -> str:
     """Folder name of an export, e.g. ('ae', 36, 128, (384, 512)) -> 'ae_36_128_384x512'."""
     return f"{tag}_{S}_{N}_{crop_size[0]}x{crop_size[1]}"
+
+
+def export_settings(out_dir: Path) -> dict | None:
+    """The settings an export folder records in its export_config.json (S, N, crop_size, ...), or None where
+    the folder has no such file; ValueError naming the file when it cannot be read."""
+    path = Path(out_dir) / EXPORT_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {path}: {' '.join(str(err).split())}") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path} does not hold the settings of an export")
+    return settings
 
 
 def clip_dir(out_dir: Path, clip_id: int) -> Path:

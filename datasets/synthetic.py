@@ -33,6 +33,7 @@ BG_DEPTH = 40.0  # background depth at camera zoom 1 (scene units)
 OBJ_DEPTH = 10.0  # object depth at object scale 1
 NEAR_DEPTH = 4.0  # objects nearer than this (scale > 2.5) count as behind the camera
 MAX_BG_FRAMES = 6  # largest background texture, in frame areas
+MIN_SCENE_SIDE = 16  # pixels: the smallest frame side a scene is drawn at
 
 
 @dataclass
@@ -318,9 +319,10 @@ def make_scene(
     """A random scene: background plus 3-12 objects, with about `num_points` tracked points, half on
     the background (uniform in the views of `point_frames`, default all frames) and half on the
     objects (in proportion to their area)."""
-    if num_frames < 1 or height < 16 or width < 16:
+    if num_frames < 1 or height < MIN_SCENE_SIDE or width < MIN_SCENE_SIDE:
         raise ValueError(
-            f"scene needs >= 1 frame and >= 16x16 pixels, got {num_frames} frames of {height}x{width}"
+            f"scene needs >= 1 frame and >= {MIN_SCENE_SIDE}x{MIN_SCENE_SIDE} pixels, "
+            f"got {num_frames} frames of {height}x{width}"
         )
     frames = range(num_frames) if point_frames is None else point_frames
     num_bg = num_points - num_points // 2

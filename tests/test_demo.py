@@ -6,7 +6,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from demo import drawn_frames, load_queries, main
+from demo import DemoConfig, drawn_frames, load_queries, main
 from utils.video import read_frames, video_info, write_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +22,11 @@ def make_video(path: Path, T: int = 16, H: int = 96, W: int = 128) -> Path:
 
 def test_grid_run_writes_video_tracks_and_gifs(tmp_path, capsys) -> None:
     video = make_video(tmp_path / "walk.mp4")
-    main(filename=str(video), N=17, out_dir=str(tmp_path / "out"), log_dir=str(tmp_path / "logs"), **TINY)
+    main(
+        DemoConfig(
+            filename=str(video), N=17, out_dir=str(tmp_path / "out"), log_dir=str(tmp_path / "logs"), **TINY
+        )
+    )
     info = video_info(tmp_path / "out" / "walk_tracks.mp4")
     assert (info.num_frames, info.height, info.width, info.fps) == (16, 96, 128, 12.0)
     saved = np.load(tmp_path / "out" / "walk_tracks.npz")
@@ -42,7 +46,11 @@ def test_grid_run_writes_video_tracks_and_gifs(tmp_path, capsys) -> None:
 def test_queries_at_a_middle_frame(tmp_path) -> None:
     video = make_video(tmp_path / "clip.mp4")
     (tmp_path / "q.txt").write_text("# t x y\n8 40 30\n8, 100.5, 80\n0 5 5\n")
-    main(filename=str(video), queries=str(tmp_path / "q.txt"), max_frames=12, out_dir=str(tmp_path), **TINY)
+    main(
+        DemoConfig(
+            filename=str(video), queries=str(tmp_path / "q.txt"), max_frames=12, out_dir=str(tmp_path), **TINY
+        )
+    )
     saved = np.load(tmp_path / "clip_tracks.npz")
     assert saved["tracks"].shape == (12, 3, 2)
     np.testing.assert_allclose(saved["tracks"][8, :2], [[40, 30], [100.5, 80]], atol=1e-4)
@@ -120,10 +128,10 @@ def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path) -> None:
 
 def test_more_bad_input(tmp_path) -> None:
     with pytest.raises(ValueError, match="pass --filename"):
-        main()
+        main(DemoConfig())
     (tmp_path / "frames").mkdir()
     with pytest.raises(ValueError, match="no .jpg/.jpeg/.png images in folder"):
-        main(filename=str(tmp_path / "frames"), **TINY)
+        main(DemoConfig(filename=str(tmp_path / "frames"), **TINY))
     np.save(tmp_path / "pairs.npy", np.zeros((3, 2)))
     with pytest.raises(ValueError, match=r"must hold rows of t,x,y; got an array of shape \(3, 2\)"):
         load_queries(tmp_path / "pairs.npy")

@@ -22,6 +22,7 @@ from datasets.sample import EvalSequence
 from datasets.synthetic import make_scene, write_sequence
 from nets.pips2 import PipsOutput
 from tracking.frames import ArrayFrames
+from utils.config import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_HW = (64, 96)
@@ -101,7 +102,11 @@ def test_on_pod_at_another_resolution(tmp_path: Path, still: StillModel) -> None
     )
     ones = np.ones((T, 2), np.float32)
     np.savez(seq / "anno.npz", trajs_2d=trajs.astype(np.float32), visibs=ones, valids=ones)
-    test_on_pod.main(dataset_location=str(tmp_path / "pod"), N=8, log_dir=str(tmp_path / "logs"), **TINY)
+    test_on_pod.main(
+        test_on_pod.PodConfig(
+            dataset_location=str(tmp_path / "pod"), N=8, log_dir=str(tmp_path / "logs"), **TINY
+        )
+    )
     data = read_results(tmp_path / "logs")
     (row,) = data["videos"]
     assert (row["name"], row["num_frames"], row["num_points"]) == ("hand", T, 2)
@@ -153,7 +158,9 @@ def test_on_tap_both_protocols_by_hand(tmp_path: Path, still: StillModel) -> Non
     with open(tmp_path / "tap" / "tapvid_davis.pkl", "wb") as f:
         pickle.dump({"ramp": {"video": ramp_video(T), "points": points, "occluded": occluded}}, f)
     test_on_tap.main(
-        dataset_location=str(tmp_path / "tap"), log_dir=str(tmp_path / "logs"), log_gifs=True, **TINY
+        test_on_tap.TapConfig(
+            dataset_location=str(tmp_path / "tap"), log_dir=str(tmp_path / "logs"), log_gifs=True, **TINY
+        )
     )
     events = b"".join(p.read_bytes() for p in (tmp_path / "logs").glob("events.out.tfevents*"))
     for tag in (b"metrics/d_avg", b"0_inputs/trajs_g_on_rgb0", b"2_outputs/trajs_e_on_rgbs"):
@@ -218,8 +225,8 @@ def test_tapvid_metrics_without_a_visibility_head() -> None:
 
 
 def test_on_tap_rejects_unknown_query_mode(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="query_modes"):
-        test_on_tap.main(dataset_location=str(tmp_path), query_modes="last", **TINY)
+    with pytest.raises(UsageError, match=r"^--query_modes must be among first, strided, got last$"):
+        test_on_tap.TapConfig(dataset_location=str(tmp_path), query_modes=("last",), **TINY)
 
 
 def test_on_cro_by_hand(tmp_path: Path, still: StillModel) -> None:
@@ -240,11 +247,13 @@ def test_on_cro_by_hand(tmp_path: Path, still: StillModel) -> None:
             rows.append(f"{t + 1},{head},{x - 4},{y - 4},8,8,1,1,1")  # 8x8 boxes centred on (x, y)
     (seq / "gt" / "gt.txt").write_text("\n".join(rows) + "\n")
     test_on_cro.main(
-        dataset_location=str(tmp_path / "cro"),
-        clip_len=12,
-        min_clip_len=8,
-        log_dir=str(tmp_path / "logs"),
-        **TINY,
+        test_on_cro.CroConfig(
+            dataset_location=str(tmp_path / "cro"),
+            clip_len=12,
+            min_clip_len=8,
+            log_dir=str(tmp_path / "logs"),
+            **TINY,
+        )
     )
     (row,) = read_results(tmp_path / "logs")["videos"]
     assert row["name"] == "HT21-01_000000_000008" and row["num_points"] == 3 and row["num_frames"] == T

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import logging
 import re
@@ -14,9 +15,9 @@ from datasets.sample import EvalSequence, UnreadableSequence
 from nets.pips2 import PipsOutput
 from nets.tracker import Tracks
 from tracking.evaluate import (
+    EvalConfig,
     EvalProtocol,
     EvalResults,
-    check_image_size,
     evaluate_and_report,
     evaluate_dataset,
     evaluate_sequence,
@@ -26,6 +27,7 @@ from tracking.evaluate import (
     visibility_metrics,
     write_results,
 )
+from utils.config import UsageError
 
 STORED_HW, EVAL_HW = (48, 128), (64, 96)  # x scales by 96/128 = 3/4, y by 64/48 = 4/3
 
@@ -306,18 +308,18 @@ def test_evaluate_and_report_builds_the_model_from_the_flags(tmp_path: Path, mon
         return StillModel()
 
     monkeypatch.setattr(tracking.evaluate, "build_model", fake_build_model)
-    config = dict(init_dir="ckpts", random_weights=False, device="cpu", fast=False, max_videos=None)
-    config |= dict(log_dir=str(tmp_path / "logs"), log_gifs=False)
+    config = EvalConfig(init_ckpt="ckpts", device="cpu", fast=False, log_dir=str(tmp_path / "logs"))
     results = evaluate_and_report(ListDataset([ramp_sequence()]), EvalProtocol(EVAL_HW, S=8, iters=1), config)
     assert built == [("ckpts", "cpu", False)] and results.mean["d_avg"] == pytest.approx(27.5)
     data = json.loads((tmp_path / "logs" / "results.json").read_text())
-    assert data["config"] == config and data["mean"]["d_avg"] == pytest.approx(27.5)
+    assert data["config"] == json.loads(json.dumps(dataclasses.asdict(config)))
+    assert data["config"]["init_ckpt"] == "ckpts" and data["mean"]["d_avg"] == pytest.approx(27.5)
     assert data["skipped"] == [] and data["num_videos"] == 1
     out = capsys.readouterr().out
     assert "model: a stand-in" in out and re.search(r"\| d_avg +\| +27\.50 \|", out)
     assert f"results: {tmp_path / 'logs' / 'results.json'}" in out
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "logs").iterdir())
-    config |= dict(random_weights=True, fast=True, max_videos=1)
+    config = dataclasses.replace(config, random_weights=True, fast=True, max_videos=1)
     evaluate_and_report(
         ListDataset([ramp_sequence(), ramp_sequence()], ["gone"]), EvalProtocol(EVAL_HW), config
     )
@@ -327,15 +329,18 @@ def test_evaluate_and_report_builds_the_model_from_the_flags(tmp_path: Path, mon
     assert "skipped: gone" in capsys.readouterr().out
 
 
-def test_image_size_checks() -> None:
-    assert check_image_size("64,96") == (64, 96) and check_image_size((512, 896)) == (512, 896)
-    assert check_image_size([32, 32]) == (32, 32)
-    for bad in [(64, 100), (0, 64), (64, 0), (-32, 64), (48, 64)]:
-        with pytest.raises(ValueError, match=f"multiples of 32, got {bad[0]}x{bad[1]}"):
-            check_image_size(bad)
-    for bad in ["64", "64,96,128", "a,b", (64, None)]:
-        with pytest.raises(ValueError, match="two integers H,W"):
-            check_image_size(bad)
+def test_eval_config_checks_the_protocol_before_any_work() -> None:
+    assert EvalConfig().image_size == (512, 896) and EvalConfig(image_size=(32, 64)).image_size == (32, 64)
+    for bad in [(64, 100), (48, 64)]:
+        with pytest.raises(
+            UsageError, match=rf"^--image_size sides must be positive multiples of 32, got {bad[0]}x{bad[1]}$"
+        ):
+            EvalConfig(image_size=bad)
+    with pytest.raises(UsageError, match=r"^--image_size must be two positive integers H,W, got \(0, 64\)$"):
+        EvalConfig(image_size=(0, 64))
+    for name, value in [("S", 1), ("iters", 0), ("max_videos", 0)]:
+        with pytest.raises(UsageError, match=f"^--{name} must be at least"):
+            EvalConfig(**{name: value})
 
 
 def test_a_dataset_without_a_skipped_list() -> None:
@@ -441,8 +446,9 @@ def test_evaluate_and_report_logs_metrics_and_gifs(tmp_path: Path, monkeypatch) 
 
     monkeypatch.setattr(tracking.evaluate, "build_model", lambda checkpoint, device, fast, log: StillModel())
     monkeypatch.setattr(tracking.evaluate, "Logger", recording_logger)
-    config = dict(init_dir="ckpts", random_weights=False, device="cpu", fast=False, max_videos=None)
-    config |= dict(log_dir=str(tmp_path / "logs"), log_gifs=True)
+    config = EvalConfig(
+        init_ckpt="ckpts", device="cpu", fast=False, log_dir=str(tmp_path / "logs"), log_gifs=True
+    )
     evaluate_and_report(ListDataset([ramp_sequence()]), EvalProtocol(EVAL_HW, S=8, iters=1), config)
     (log,) = logs
     assert [step for step, _, _ in log.scalar_calls] == [0]

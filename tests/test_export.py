@@ -241,7 +241,11 @@ def check_complete(out_dir: Path, tracks: list[np.ndarray]) -> list[int]:
 def test_export_end_to_end_resumes_and_refuses_other_settings(pod_root, expected_tracks, tmp_path, capsys):
     import export_mp4_dataset
 
-    export_mp4_dataset.main(**dict(E2E, dataset_location=str(pod_root), out_root=str(tmp_path), max_clips=4))
+    export_mp4_dataset.main(
+        export_mp4_dataset.ExportConfig(
+            **dict(E2E, dataset_location=str(pod_root), out_root=str(tmp_path), max_clips=4)
+        )
+    )
     out_dir = tmp_path / E2E_VERSION
     assert check_complete(out_dir, expected_tracks) == [0, 1, 2, 3]
     assert "written 4, skipped 0, failed 0" in capsys.readouterr().out
@@ -249,13 +253,21 @@ def test_export_end_to_end_resumes_and_refuses_other_settings(pod_root, expected
     host = socket.gethostname()
     (out_dir / "000001.lock").write_text(f"{host} {2**22 + 12345}\n")  # above the default pid_max: dead
     (out_dir / "000002.lock").write_text(f"{host} {os.getpid()}\n")
-    export_mp4_dataset.main(**dict(E2E, dataset_location=str(pod_root), out_root=str(tmp_path), max_clips=5))
+    export_mp4_dataset.main(
+        export_mp4_dataset.ExportConfig(
+            **dict(E2E, dataset_location=str(pod_root), out_root=str(tmp_path), max_clips=5)
+        )
+    )
     assert "written 1, skipped 4, failed 0" in capsys.readouterr().out
     assert not (out_dir / "000001.lock").exists() and (out_dir / "000002.lock").exists()
     with pytest.raises(
         ValueError, match=f"{out_dir} holds clips of another export \\(seed 3 there, seed 4 now\\)"
     ):
-        export_mp4_dataset.main(**dict(E2E, dataset_location=str(pod_root), out_root=str(tmp_path), seed=4))
+        export_mp4_dataset.main(
+            export_mp4_dataset.ExportConfig(
+                **dict(E2E, dataset_location=str(pod_root), out_root=str(tmp_path), seed=4)
+            )
+        )
     sample = ExportDataset(str(tmp_path), E2E_VERSION, S=8, N=16, crop_size=(64, 96), use_augs=True)[4]
     assert sample.rgbs.shape == (8, 64, 96, 3) and sample.trajs.shape == (8, 16, 2)
 
@@ -278,7 +290,9 @@ def test_killed_export_leaves_only_complete_clips_and_resumes(pod_root, expected
     done = check_complete(out_dir, expected_tracks)
     assert 2 <= len(done) < num_clips
 
-    export_mp4_dataset.main(**dict(E2E, dataset_location=str(pod_root), out_root=str(tmp_path)))
+    export_mp4_dataset.main(
+        export_mp4_dataset.ExportConfig(**dict(E2E, dataset_location=str(pod_root), out_root=str(tmp_path)))
+    )
     assert f"written {num_clips - len(done)}, skipped {len(done)}, failed 0" in capsys.readouterr().out
     assert check_complete(out_dir, expected_tracks) == list(range(num_clips))
     assert folder_names(out_dir, num_clips)  # no lock or temporary folder left behind
@@ -317,7 +331,11 @@ def test_export_counts_and_summarises_failures(tmp_path, monkeypatch, capsys):
     import export_mp4_dataset
 
     monkeypatch.setattr(export_mp4_dataset, "_dataset", lambda config: FlakySource())
-    export_mp4_dataset.main(**dict(E2E, crop_size=(H, W), dataset_location="unused", out_root=str(tmp_path)))
+    export_mp4_dataset.main(
+        export_mp4_dataset.ExportConfig(
+            **dict(E2E, crop_size=(H, W), dataset_location="unused", out_root=str(tmp_path))
+        )
+    )
     out = capsys.readouterr().out
     assert "written 1, skipped 0, failed 3" in out
     assert "unreadable sequences skipped: 1\n  seq9/anno.npz: not a readable .npz file\n" in out

@@ -2,7 +2,6 @@
 
 import ctypes
 import ctypes.util
-import itertools
 
 import pytest
 import torch
@@ -131,9 +130,11 @@ def test_thirty_steps_on_a_fixed_batch_give_the_same_losses() -> None:
         params = [p for n, p in model.named_parameters() if not n.startswith("norm.")]
         opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=1e-6)
         losses[recompute] = []
+        state = train.TrainState(
+            model, params, opt, train.TrainConfig(iters=2, grad_clip=5.0, vis_weight=0.0)
+        )
         for step in range(30):
-            g = train.step_generator(0, step, 0)
-            out = train.train_step(model, params, opt, itertools.repeat(batch), g, 2, 1, 5.0, "cpu", 0.0)
+            out = train.train_step(state, [batch], train.step_generator(0, step, 0))
             assert not out.skipped
             losses[recompute].append(out.loss)
         weights[recompute] = model.delta_block.dense.weight.detach()

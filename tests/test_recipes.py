@@ -1,12 +1,15 @@
+import dataclasses
+from pathlib import Path
+
 import pytest
 import torch
 
 import train
-from utils import recipes
-from utils.dist import DistInfo
+from nets.pips2 import Pips
+from utils import checkpoint, recipes
+from utils.config import UsageError, read_command_line
 
 GIB = 1 << 30
-CPU = DistInfo(0, 0, 1, torch.device("cpu"))
 
 
 @pytest.mark.parametrize(
@@ -52,23 +55,54 @@ def test_micro_batch_recipes_make_the_official_batch() -> None:
     assert recipes.RECIPES["official-b1"].describe().startswith("B=4 as 4x1, S=36, N=128, crop 256x384")
 
 
+def resolved(*argv: str) -> tuple[train.TrainConfig, str]:
+    config, notes = train.resolve_config(
+        train.TrainConfig, read_command_line(train.TrainConfig, argv, "train.py")
+    )
+    return config, notes[0]
+
+
 def test_quick_start_on_cpu_tells_its_recipe_and_the_official_one() -> None:
-    plan, recompute, line = train.pick_recipe("", {}, {}, CPU)
-    assert plan == recipes.RECIPES["small"] and recompute
-    head = f"recipe small: {plan.describe()} (sized for CPU); activations recomputed (--recompute). "
+    config, line = resolved("--device", "cpu")
+    small = recipes.RECIPES["small"]
+    assert config.recipe_knobs() == small and config.recompute
+    head = f"recipe small: {small.describe()} (sized for CPU); activations recomputed (--recompute). "
     assert line.startswith(head + "The official recipe (B=4, S=36")
     assert line.endswith("--recipe official")
 
 
-def test_given_flags_win_then_the_runs_own_then_the_recipe() -> None:
-    plan, _, line = train.pick_recipe("", {"B": 1, "crop_size": (64, 64)}, {}, CPU, recompute=False)
-    assert (plan.B, plan.crop_size, plan.S) == (1, (64, 64), recipes.RECIPES["small"].S)
-    assert "activations stored (--recompute); set by flags: --B, --crop_size" in line
-    saved = {"recipe": "official-b1", "B": 1, "S": 24, "crop_size": [128, 128], "lr": 1.0}
-    plan, _, line = train.pick_recipe("", {"S": 12}, saved, CPU)  # --resume of a run with its own knobs
-    assert (plan.name, plan.B, plan.S, plan.crop_size, plan.grad_acc) == ("official-b1", 1, 12, (128, 128), 4)
-    assert "(the run's own)" in line
-    plan, _, _ = train.pick_recipe("official", {}, saved, CPU)  # another recipe asked for: the run's knobs go
-    assert plan == recipes.OFFICIAL
-    with pytest.raises(ValueError, match="--recipe must be one of official, official-b2, official-b1, small"):
-        train.pick_recipe("huge", {}, {}, CPU)
+def test_flags_win_over_config_files_over_the_recipe(tmp_path: Path) -> None:
+    config, line = resolved("--device", "cpu", "--B", "1", "--crop_size", "64,64", "--no_recompute")
+    assert (config.B, config.crop_size, config.S, config.recompute) == (
+        1,
+        (64, 64),
+        recipes.RECIPES["small"].S,
+        False,
+    )
+    assert "activations stored (--recompute); from flags: --B, --crop_size" in line
+    copy = tmp_path / "mine.yaml"
+    copy.write_text((recipes.CONFIGS_DIR / "official-b1.yaml").read_text() + "lr: 0.001\n")
+    config, line = resolved("--device", "cpu", "--config", str(copy), "--S", "12")
+    assert (config.recipe, config.B, config.S, config.grad_acc, config.lr) == ("small", 1, 12, 4, 1e-3)
+    assert f"from --config {copy}: B, S, N, crop_size" in line and line.count("from flags: --S") == 1
+    config, _ = resolved("--device", "cpu", "--recipe", "official")
+    assert config.recipe_knobs() == recipes.OFFICIAL
+    with pytest.raises(UsageError, match="--recipe must be one of official, official-b1, official-b2, small"):
+        resolved("--recipe", "huge")
+
+
+def test_a_resumed_run_keeps_its_own_config_when_the_recipe_changes(tmp_path: Path, monkeypatch) -> None:
+    ckpts = tmp_path / "ckpts"
+    started, _ = resolved("--device", "cpu", "--ckpt_dir", str(ckpts), "--run_name", "r", "--lr", "0.002")
+    checkpoint.save(ckpts / "r", Pips(), step=3, config=dataclasses.asdict(started))
+    changed = dataclasses.replace(recipes.RECIPES["small"], B=7, S=5, crop_size=(96, 96), max_steps=9)
+    monkeypatch.setitem(recipes.RECIPES, "small", changed)
+    assert resolved("--device", "cpu")[0].recipe_knobs() == changed  # a new run follows the recipe
+    config, line = resolved("--device", "cpu", "--ckpt_dir", str(ckpts), "--resume", "--max_steps", "2000")
+    assert config.run_name == "r" and config.resume and config.lr == 0.002
+    assert config.recipe_knobs() == dataclasses.replace(started.recipe_knobs(), max_steps=2000)
+    assert "from run r: B, S, N, crop_size" in line and "from flags: --max_steps" in line
+    with pytest.raises(
+        UsageError, match="--recipe official: run r trains recipe small, which a resumed run keeps"
+    ):
+        resolved("--device", "cpu", "--ckpt_dir", str(ckpts), "--resume", "--recipe", "official")

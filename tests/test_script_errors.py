@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +64,10 @@ def run_each(*cases: tuple[str, list[str], bool]) -> list[subprocess.CompletedPr
     return [subprocess.CompletedProcess(case[:2], code, "", err) for case, (code, err) in zip(cases, results)]
 
 
-def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    """The error line of a run that failed with one, and nothing else on stderr but warnings."""
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+def one_error_line(proc: subprocess.CompletedProcess, code: int = 1) -> str:
+    """The error line of a run that failed with one (exit status 1 while working, 2 for a bad flag or value
+    refused before any work), and nothing else on stderr but warnings."""
+    assert proc.returncode == code, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     *_, last = proc.stderr.splitlines()
     assert last.startswith("error: ") and proc.stderr.count("error: ") == 1
@@ -119,7 +121,8 @@ def test_bad_checkpoints_and_sizes_are_one_line(tmp_path: Path, pod_root: Path) 
     )
     for proc, line in zip(loads, expected.values()):
         assert one_error_line(proc).startswith(line) and "weights_only" not in proc.stderr
-    assert one_error_line(size) == "error: image_size sides must be positive multiples of 32, got 100x150"
+    refused = one_error_line(size, 2)
+    assert refused == "error: --image_size sides must be positive multiples of 32, got 100x150"
 
 
 def test_corrupt_annotations_stop_neither_export_nor_training_nor_evaluation(tmp_path: Path, pod_root):
@@ -185,3 +188,84 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path: Path) -> No
     assert "resuming at step 2" in resumed.stdout and "step 000003/4" in resumed.stdout
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "ckpt" / "r")][-1] == "model-000000004.pth"
     assert not list((tmp_path / "ckpt" / "r").glob(".model-*"))
+
+
+SCRIPTS = (
+    "train.py",
+    "export_mp4_dataset.py",
+    "make_synthetic_dataset.py",
+    "test_on_pod.py",
+    "test_on_tap.py",
+    "test_on_cro.py",
+    "demo.py",
+    "benchmark.py",
+)
+
+
+def test_every_script_has_help_and_refuses_unknown_flags() -> None:
+    # one interpreter for all scripts: each runs as __main__ with -h, with --help and with a mistyped flag
+    cases = [(script, argv) for script in SCRIPTS for argv in (["-h"], ["--help"], ["--seeed", "1"])]
+    cases += [("export_mp4_dataset.py", ["--crop_size", "128x192"]), ("demo.py", ["--max_frame", "4"])]
+    child = f"""
+import runpy, sys
+for script, argv in {cases!r}:
+    print("==", script, argv[0], flush=True)
+    sys.argv = [script, *argv]
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as e:
+        print("exit", e.code)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", child], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = dict(chunk.split("\n", 1) for chunk in proc.stdout.split("== ")[1:])
+    for script in SCRIPTS:
+        for flag in ("-h", "--help"):
+            assert runs[f"{script} {flag}"].startswith(f"usage: python {script} [--flag value ...]")
+            assert "-h, --help" in runs[f"{script} {flag}"]
+        assert runs[f"{script} --seeed"] == "exit 2\n"
+    assert runs["export_mp4_dataset.py --crop_size"] == runs["demo.py --max_frame"] == "exit 2\n"
+    assert "error: --crop_size takes H,W (two integers, e.g. 256,384), got '128x192'" in proc.stderr
+    assert "error: unknown flag --max_frame; did you mean --max_frames?" in proc.stderr
+    assert proc.stderr.count("error: unknown flag --seeed") == len(SCRIPTS)
+    assert "error: unknown flag --seeed; did you mean --seed?" in proc.stderr
+    assert (
+        "--lr FLOAT" in runs["train.py --help"] and "peak learning rate of AdamW" in runs["train.py --help"]
+    )
+
+
+def test_mistyped_flag_stops_before_any_work(tmp_path: Path) -> None:
+    began = time.monotonic()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--max_iters",
+            "1",
+            "--ckpt_dir",
+            str(tmp_path),
+            "--log_dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert time.monotonic() - began < 60  # imports only: no data read, no model built
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "error: unknown flag --max_iters; did you mean --max_steps?\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_make_synthetic_dataset_help_is_not_height(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "make_synthetic_dataset.py", "-h", "--out", str(tmp_path / "d")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and "--height INT" in proc.stdout and not (tmp_path / "d").exists()

@@ -199,13 +199,15 @@ def test_streamed_clips_visibility_matches_their_pixels():
 
 def test_make_synthetic_dataset_script(tmp_path):
     make_synthetic_dataset.main(
-        out=str(tmp_path),
-        splits="train,val",
-        num_sequences=2,
-        num_frames=3,
-        height=32,
-        width=48,
-        num_points=50,
+        make_synthetic_dataset.SyntheticConfig(
+            out=str(tmp_path),
+            splits=("train", "val"),
+            num_sequences=2,
+            num_frames=3,
+            height=32,
+            width=48,
+            num_points=50,
+        )
     )
     for split in ("train", "val"):
         for i in range(2):

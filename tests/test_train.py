@@ -1,4 +1,4 @@
-import itertools
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -12,6 +12,7 @@ import torch
 import train
 from datasets.sample import ClipBatch, collate_clips
 from datasets.synthetic import SyntheticClips
+from nets.delta import DeltaBlock
 from nets.pips2 import Pips, PipsOutput
 from utils import checkpoint
 
@@ -63,6 +64,13 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model_state_dict"]
 
 
+STEP = train.TrainConfig(iters=2, grad_acc=1, grad_clip=5.0, vis_weight=0.0)  # what train_step reads
+
+
+def data_config(location: str) -> train.TrainConfig:
+    return train.TrainConfig(location, S=4, N=8, crop_size=(64, 64), use_augs=False, seed=0, val_clips=4)
+
+
 def test_overfits_one_fixed_batch() -> None:
     torch.manual_seed(0)
     batch = collate_clips([SyntheticClips(S=4, N=8, crop_size=(64, 64), length=1, seed=3)[0]])
@@ -72,7 +80,7 @@ def test_overfits_one_fixed_batch() -> None:
     losses = []
     for _ in range(30):
         g = torch.Generator().manual_seed(0)  # the same initial tracks every step: a fixed problem
-        out = train.train_step(model, params, opt, itertools.repeat(batch), g, 2, 1, 5.0, "cpu", 0.0)
+        out = train.train_step(train.TrainState(model, params, opt, STEP), [batch], g)
         assert not out.skipped
         losses.append(out.loss)
     assert losses[-1] < 0.5 * losses[0], losses
@@ -86,9 +94,8 @@ def test_non_finite_loss_skips_the_step() -> None:
     params = [p for n, p in model.named_parameters() if not n.startswith("norm.")]
     opt = torch.optim.AdamW(params, lr=5e-4)
     before = [p.detach().clone() for p in params]
-    out = train.train_step(
-        model, params, opt, iter([collate_clips([sample])]), torch.Generator(), 1, 1, 5.0, "cpu", 0.0
-    )
+    state = train.TrainState(model, params, opt, dataclasses.replace(STEP, iters=1))
+    out = train.train_step(state, [collate_clips([sample])], torch.Generator())
     assert out.skipped
     assert all(torch.equal(a, b) for a, b in zip(before, params))
 
@@ -139,7 +146,8 @@ def test_transpose_augmentation_keeps_the_tracks_on_their_pixels() -> None:
     batch, canvas_xy = position_coded_batch()
     seen = set()
     for seed in range(8):
-        res = train.run_model(ColourSearch(), batch, 1, torch.Generator().manual_seed(seed), train=True)
+        g = torch.Generator().manual_seed(seed)
+        res = train.run_model(ColourSearch(), batch, 1, g, train=True, transpose=seed % 2 == 1)
         frames, trajs_g = res.batch.rgbs, res.batch.trajs  # B,S,H,W,3
         transposed = frames.shape[2:4] == (W_CODE, H_CODE)
         seen.add(transposed)
@@ -156,6 +164,40 @@ def test_transpose_augmentation_keeps_the_tracks_on_their_pixels() -> None:
         assert res.loss.item() == 0.0
         assert train.metrics_of(res)["d_avg"] == 100.0
     assert seen == {False, True}
+
+
+def tiny_model() -> Pips:
+    torch.manual_seed(0)
+    model = Pips(latent_dim=32, corr_levels=2, corr_radius=2)
+    model.delta_block = DeltaBlock(32, 2, 2, base_filters=16, num_blocks=2)  # seconds, not minutes
+    return model
+
+
+def test_micro_batches_make_the_step_of_one_batch() -> None:
+    clips = SyntheticClips(S=4, N=8, crop_size=(32, 32), length=2, seed=5)
+    a, b = clips[0], clips[1]
+    b.valids[:, :6] = 0  # the second clip has a quarter of the first one's valid annotations
+    splits = {"one batch": [collate_clips([a, b])], "micro": [collate_clips([a]), collate_clips([b])]}
+    # seed 0 draws a transposed step, seed 1 one that is not; an SGD step of lr 1 is minus the gradient
+    assert [bool(torch.rand((), generator=torch.Generator().manual_seed(s)) < 0.5) for s in (0, 1)] == [
+        True,
+        False,
+    ]
+    for seed in (0, 1):
+        steps = {}
+        for name, micro_batches in splits.items():
+            model = tiny_model()
+            params = [p for n, p in model.named_parameters() if not n.startswith("norm.")]
+            before = [p.detach().clone() for p in params]
+            optimizer = torch.optim.SGD(params, lr=1.0)
+            state = train.TrainState(model, params, optimizer, dataclasses.replace(STEP, grad_clip=1e9))
+            out = train.train_step(state, micro_batches, torch.Generator().manual_seed(seed))
+            assert not out.skipped
+            steps[name] = torch.cat([(q - p).flatten() for p, q in zip(params, before)]), out.loss
+        (grad, loss), (grad_micro, loss_micro) = steps["one batch"], steps["micro"]
+        assert grad.abs().max() > 0
+        torch.testing.assert_close(grad_micro, grad, rtol=1e-4, atol=1e-5 * float(grad.abs().max()))
+        assert loss_micro == pytest.approx(loss, rel=1e-5)
 
 
 def test_initial_tracks_start_exact_and_spread_over_the_frame() -> None:
@@ -244,9 +286,9 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
 def test_bad_dataset_location(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="neither an export folder"):
-        train.open_data(str(tmp_path / "empty"), 4, 8, (64, 64), False, 0, 4)
+        train.open_data(data_config(str(tmp_path / "empty")))
     with pytest.raises(FileNotFoundError, match="is not a directory"):
-        train.open_data(str(tmp_path / "missing"), 4, 8, (64, 64), False, 0, 4)
+        train.open_data(data_config(str(tmp_path / "missing")))
 
 
 def test_open_data_reads_pointodyssey_layout_and_exports(tmp_path: Path) -> None:
@@ -255,18 +297,27 @@ def test_open_data_reads_pointodyssey_layout_and_exports(tmp_path: Path) -> None
 
     root = tmp_path / "pod"
     make_synthetic_dataset.main(
-        out=str(root), splits="train", num_sequences=1, num_frames=12, height=96, width=128, seed=0
+        make_synthetic_dataset.SyntheticConfig(
+            out=str(root), splits=("train",), num_sequences=1, num_frames=12, height=96, width=128
+        )
     )
-    train_data, val_data = train.open_data(str(root), 4, 8, (64, 64), False, 0, 4)
+    train_data, val_data = train.open_data(data_config(str(root)))
     assert val_data is None  # no val/ split: no validation on training data
     batch = collate_clips([train_data[0], train_data[1]])
     assert batch.rgbs.shape == (2, 4, 64, 64, 3) and batch.trajs.shape == (2, 4, 8, 2)
 
     export_mp4_dataset.main(
-        dataset_location=str(root), S=4, N=8, crop_size=(64, 64), max_clips=4, out_root=str(tmp_path / "exp")
+        export_mp4_dataset.ExportConfig(
+            dataset_location=str(root),
+            S=4,
+            N=8,
+            crop_size=(64, 64),
+            max_clips=4,
+            out_root=str(tmp_path / "exp"),
+        )
     )
     (folder,) = (tmp_path / "exp").iterdir()
-    train_data, val_data = train.open_data(str(folder), 4, 8, (64, 64), False, 0, 4)
+    train_data, val_data = train.open_data(data_config(str(folder)))
     assert len(train_data) + len(val_data) == len(list(folder.glob("*/track.npz")))
     assert not set(train_data.clips) & set(val_data.clips)
     assert val_data[0].rgbs.shape == (4, 64, 64, 3)

@@ -19,6 +19,7 @@ from nets.pips2 import VIS_HEAD_PREFIX, Pips, PipsOutput, frames_to_rgbs
 from tracking.evaluate import frame0_jaccard
 from tracking.predictor import PipsTracker, build_model
 from utils import checkpoint
+from utils.config import UsageError, run
 from utils.metrics import occlusion_accuracy
 from utils.video import write_video
 
@@ -144,11 +145,10 @@ def test_head_only_training_leaves_the_backbone_bitwise(tmp_path: Path, capsys, 
         return run_model(*args, **kwargs)
 
     monkeypatch.setattr(train, "run_model", recording)
-    train.main(
-        init_ckpt=str(tmp_path / "backbone"), head_only=True, B=1, S=4, N=8, crop_size=(64, 64), iters=1,
-        max_steps=3, num_workers=0, val_freq=3, val_clips=1, save_freq=3, log_freq=1000, run_name="head",
-        log_dir=str(tmp_path / "logs"), ckpt_dir=str(tmp_path / "ckpt"), device="cpu",
-    )  # fmt: skip
+    flags = f"--init_ckpt {tmp_path / 'backbone'} --head_only --B 1 --S 4 --N 8 --crop_size 64,64 --iters 1"
+    flags += " --max_steps 3 --num_workers 0 --val_freq 3 --val_clips 1 --save_freq 3 --log_freq 1000"
+    flags += f" --run_name head --log_dir {tmp_path / 'logs'} --ckpt_dir {tmp_path / 'ckpt'} --device cpu"
+    run(train.main, train.TrainConfig, train.resolve_config, argv=flags.split())
     # validation puts the head's occlusion accuracy beside its clip's share of visible entries (frames 1..)
     held_out = SyntheticClips(4, 8, (64, 64), length=1, seed=1_000_003)[0]
     visibs, valids = held_out.visibs[1:], held_out.valids[1:]
@@ -162,8 +162,8 @@ def test_head_only_training_leaves_the_backbone_bitwise(tmp_path: Path, capsys, 
     torch.manual_seed(3)
     fresh = Pips(vis_head=True)
     assert not same(head(fresh), {k: v for k, v in trained.items() if k.startswith(VIS_HEAD_PREFIX)})
-    with pytest.raises(ValueError, match="--head_only .* --init_ckpt"):
-        train.main(head_only=True, device="cpu", log_dir=str(tmp_path / "l2"), ckpt_dir=str(tmp_path / "c2"))
+    with pytest.raises(UsageError, match="--head_only .* --init_ckpt"):
+        train.TrainConfig(head_only=True)
 
 
 def test_in_head_only_mode_only_the_head_gets_gradients(clip: tuple) -> None:
@@ -199,7 +199,13 @@ def test_api_and_demo_give_visibility(tmp_path: Path) -> None:
     assert plain.visibility is None and plain.confidence is None
     write_video(tmp_path / "clip.mp4", video, fps=5)
     demo.main(
-        filename=str(tmp_path / "clip.mp4"), init_dir=str(ckpt), N=4, out_dir=str(tmp_path / "out"), **TINY
+        demo.DemoConfig(
+            filename=str(tmp_path / "clip.mp4"),
+            init_ckpt=str(ckpt),
+            N=4,
+            out_dir=str(tmp_path / "out"),
+            **TINY,
+        )
     )
     saved = np.load(tmp_path / "out" / "clip_tracks.npz")
     assert saved["visibility"].shape == saved["confidence"].shape == (10, 4)
@@ -216,10 +222,10 @@ def test_on_tap_reports_aj_and_oa_with_a_head(tmp_path: Path) -> None:
     (tmp_path / "tap").mkdir()
     with open(tmp_path / "tap" / "tapvid_davis.pkl", "wb") as f:
         pickle.dump({"clip": {"video": video, "points": points, "occluded": occluded}}, f)
-    test_on_tap.main(
-        dataset_location=str(tmp_path / "tap"), init_dir=str(head_checkpoint(tmp_path / "ckpt")),
+    test_on_tap.main(test_on_tap.TapConfig(
+        dataset_location=str(tmp_path / "tap"), init_ckpt=str(head_checkpoint(tmp_path / "ckpt")),
         log_dir=str(tmp_path / "logs"), **TINY,
-    )  # fmt: skip
+    ))  # fmt: skip
     row = read_row(tmp_path / "logs" / "results.json")
     for mode in ("first", "strided"):
         assert 0 <= row[f"tapvid_{mode}/average_jaccard"] <= 100

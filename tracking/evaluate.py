@@ -7,11 +7,12 @@ y*H'/H, the official convention that keeps the published numbers) plus any extra
 Sequences that cannot be read are skipped with one warning each and reported beside the results.
 """
 
+import dataclasses
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,8 +25,10 @@ from tqdm import tqdm
 from datasets.sample import EvalSequence, UnreadableSequence
 from nets.pips2 import Pips
 from nets.tracker import Tracks, WindowModel, track_from_first_frame
-from tracking.frames import Frames, open_frames
+from tracking.frames import Frames, check_size, open_frames
 from tracking.predictor import Float16Guard, build_model
+from utils.checkpoint import REFERENCE_DIR
+from utils.config import UsageError, knob, require
 from utils.logger import Logger, RunningMeans
 from utils.metrics import compute_pips_metrics, compute_tapvid_metrics, occlusion_accuracy
 from utils.vis import draw_text, draw_tracks, draw_trajs_on_image
@@ -52,16 +55,39 @@ class EvalDataset(Protocol):
     def __getitem__(self, index: int) -> EvalSequence: ...
 
 
-def check_image_size(image_size: Sequence[int] | str) -> tuple[int, int]:
-    """(H, W) from a pair of ints or a string "H,W"; each side a positive multiple of 32."""
-    parts = image_size.split(",") if isinstance(image_size, str) else list(image_size)
-    try:
-        H, W = (int(p) for p in parts)
-    except (TypeError, ValueError):
-        raise ValueError(f"image_size must be two integers H,W, got {image_size!r}") from None
-    if H <= 0 or W <= 0 or H % SIZE_MULTIPLE or W % SIZE_MULTIPLE:
-        raise ValueError(f"image_size sides must be positive multiples of {SIZE_MULTIPLE}, got {H}x{W}")
-    return H, W
+@dataclass(frozen=True)
+class EvalConfig:
+    """The settings every evaluation script shares: the official protocol by default."""
+
+    dataset_location: str = knob("", "the dataset's folder")
+    S: int = knob(128, "frames per window")
+    iters: int = knob(16, "refinement iterations per window")
+    image_size: tuple[int, int] = knob(
+        (512, 896), f"H,W the frames are resized to (multiples of {SIZE_MULTIPLE})"
+    )
+    max_videos: int | None = knob(None, "evaluate only the first videos (None = all)")
+    init_ckpt: str = knob(
+        REFERENCE_DIR, "checkpoint, or folder of model-*.pth (the newest)", aliases=("init_dir",)
+    )
+    random_weights: bool = knob(False, "skip the checkpoint (smoke runs)")
+    device: str = knob("", "e.g. cuda, cuda:1, cpu; '' = the best available")
+    fast: bool = knob(True, "the fast path (float16, fused kernels) on CUDA; CPU always runs exact float32")
+    log_dir: str = knob("./logs_eval", "TensorBoard logs and results.json")
+    log_gifs: bool = knob(False, "also log tracks on frames to TensorBoard")
+
+    def __post_init__(self) -> None:
+        require(self.S >= 2, "S", "at least 2", self.S)
+        require(self.iters >= 1, "iters", "at least 1", self.iters)
+        require(
+            self.max_videos is None or self.max_videos >= 1,
+            "max_videos",
+            "at least 1 (or none)",
+            self.max_videos,
+        )
+        try:
+            check_size(self.image_size, multiple=SIZE_MULTIPLE)
+        except ValueError as err:
+            raise UsageError(f"--{err}") from None
 
 
 def scale_tracks(trajs: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:
@@ -293,23 +319,22 @@ def write_results(path: str | Path, config: dict[str, Any], results: EvalResults
     return path
 
 
-def evaluate_and_report(dataset: EvalDataset, protocol: EvalProtocol, config: dict[str, Any]) -> EvalResults:
-    """What an evaluation script does with its flags `config` (init_dir, random_weights, device, fast,
-    max_videos, log_dir, log_gifs): build the model for inference, evaluate_dataset with TensorBoard logs in
-    log_dir, then print the table of means and write log_dir/results.json (config, mean, skipped sequences,
-    per-video rows)."""
-    checkpoint = None if config["random_weights"] else config["init_dir"]
-    model = build_model(checkpoint, config["device"], fast=config["fast"], log=tqdm.write)
-    log_dir = Path(config["log_dir"])
+def evaluate_and_report(dataset: EvalDataset, protocol: EvalProtocol, config: EvalConfig) -> EvalResults:
+    """What an evaluation script does with its config: build the model for inference, evaluate_dataset with
+    TensorBoard logs in log_dir, then print the table of means and write log_dir/results.json (config, mean,
+    skipped sequences, per-video rows)."""
+    checkpoint = None if config.random_weights else config.init_ckpt
+    model = build_model(checkpoint, config.device, fast=config.fast, log=tqdm.write)
+    log_dir = Path(config.log_dir)
     log = Logger(log_dir)
     try:
         results = evaluate_dataset(
-            model, dataset, protocol, num_videos=config["max_videos"], log=log, log_gifs=config["log_gifs"]
+            model, dataset, protocol, num_videos=config.max_videos, log=log, log_gifs=config.log_gifs
         )
     finally:
         log.close()
     tqdm.write(results_table(results))
     for line in results.skipped:
         tqdm.write(f"skipped: {line}")
-    tqdm.write(f"results: {write_results(log_dir / 'results.json', config, results)}")
+    tqdm.write(f"results: {write_results(log_dir / 'results.json', dataclasses.asdict(config), results)}")
     return results

@@ -46,11 +46,13 @@ def resize_frames(rgbs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return resized.reshape(B, T, C, *size)  # B,T,3,H',W'
 
 
-def check_size(size: Sequence[int], name: str = "image_size") -> tuple[int, int]:
-    """(H, W) as two positive integers, or ValueError naming `name`."""
+def check_size(size: Sequence[int], name: str = "image_size", multiple: int = 1) -> tuple[int, int]:
+    """(H, W) as two positive integers, multiples of `multiple`, or ValueError naming `name`."""
     pair = tuple(size) if isinstance(size, (tuple, list)) else ()
     if len(pair) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in pair):
         raise ValueError(f"{name} must be two positive integers H,W, got {size!r}")
+    if pair[0] % multiple or pair[1] % multiple:
+        raise ValueError(f"{name} sides must be positive multiples of {multiple}, got {pair[0]}x{pair[1]}")
     return pair
 
 

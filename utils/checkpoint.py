@@ -23,6 +23,7 @@ CKPT_PATTERN = re.compile(r"^model-(\d{9})\.pth$")
 TMP_PREFIX, TMP_SUFFIX = ".model-", ".tmp"  # a save in progress, or one a killed process left behind
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
 LEGACY_MAGIC = b"\x80\x02\x8a\x0a"  # the pickle-based format before it
+REFERENCE_DIR = "./reference_model"  # where get_reference_model.sh puts the published checkpoint
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -50,7 +50,8 @@ class DistInfo:
 def setup(device: str = "") -> DistInfo:
     """Join the process group when started by torchrun (RANK/WORLD_SIZE set), else a single process.
 
-    One process per device: CUDA ranks use cuda:LOCAL_RANK with NCCL; CPU ranks use gloo.
+    One process per device: CUDA ranks use cuda:LOCAL_RANK with NCCL; CPU ranks use gloo. A second call
+    returns the same DistInfo without joining again.
     """
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return DistInfo(0, 0, 1, pick_device(device))
@@ -63,7 +64,8 @@ def setup(device: str = "") -> DistInfo:
     else:
         dev = torch.device(device or "cpu")
         backend = "gloo"
-    dist.init_process_group(backend=backend)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
     return DistInfo(rank, local_rank, world, dev)
 
 

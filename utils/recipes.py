@@ -1,9 +1,11 @@
-"""Training recipes: the official one, and the recipe `python train.py` picks up front where that one does not
-fit, from the device and its free memory."""
+"""Training recipes, one file each in configs/: the official one, and the recipe `python train.py` picks up
+front where that one does not fit, from the device and its free memory."""
 
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 import torch
+import yaml
 
 GIB = 1 << 30
 # peak CUDA memory of one training step per clip of a micro-batch, mostly activations; measured for the
@@ -23,11 +25,11 @@ class Recipe:
     crop_size: tuple[int, int]  # H,W
     iters: int  # refinement iterations
     max_steps: int  # optimizer steps
-    grad_acc: int = 1  # micro-batches per optimizer step
-    val_freq: int = 1000  # validate every this many steps
-    log_freq: int = 1000  # TensorBoard gifs every this many steps
-    save_freq: int = 1000  # checkpoint every this many steps
-    num_workers: int = 4  # DataLoader workers per process
+    grad_acc: int  # micro-batches per optimizer step
+    val_freq: int  # validate every this many steps
+    log_freq: int  # TensorBoard gifs every this many steps
+    save_freq: int  # checkpoint every this many steps
+    num_workers: int  # DataLoader workers per process
 
     def describe(self) -> str:
         batch = f"B={self.B}"
@@ -36,7 +38,8 @@ class Recipe:
         H, W = self.crop_size
         return (
             f"{batch}, S={self.S}, N={self.N}, crop {H}x{W}, {self.iters} iterations, "
-            f"{self.max_steps} steps, validation every {self.val_freq}"
+            f"{self.max_steps} steps, "
+            + (f"validation every {self.val_freq}" if self.val_freq else "no validation")
         )
 
     def knobs(self) -> tuple[str, ...]:
@@ -44,30 +47,21 @@ class Recipe:
         return tuple(f.name for f in fields(self) if f.name != "name")
 
 
-OFFICIAL = Recipe("official", B=4, S=36, N=128, crop_size=(256, 384), iters=6, max_steps=200_000)
-RECIPES = {
-    r.name: r
-    for r in (
-        OFFICIAL,
-        # the official recipe in smaller micro-batches: the same updates, for GPUs with less memory
-        replace(OFFICIAL, name="official-b2", B=2, grad_acc=2),
-        replace(OFFICIAL, name="official-b1", B=1, grad_acc=4),
-        # short clips at low resolution, validated often: learning shows within minutes on a laptop CPU
-        Recipe(
-            "small",
-            B=2,
-            S=8,
-            N=32,
-            crop_size=(128, 192),
-            iters=4,
-            max_steps=1000,
-            val_freq=10,
-            log_freq=200,
-            save_freq=250,
-            num_workers=1,
-        ),
-    )
-}
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"  # one YAML file per recipe
+
+
+def load_recipe(path: Path) -> Recipe:
+    """The recipe of a YAML file in configs/ (its name is the file's stem): every knob, nothing else."""
+    values = yaml.safe_load(path.read_text()) or {}
+    knobs = {f.name for f in fields(Recipe)} - {"name"}
+    if not isinstance(values, dict) or set(values) != knobs:
+        raise ValueError(f"recipe {path} must set exactly {', '.join(sorted(knobs))}")
+    values["crop_size"] = tuple(values["crop_size"])
+    return Recipe(path.stem, **values)
+
+
+RECIPES = {r.name: r for r in map(load_recipe, sorted(CONFIGS_DIR.glob("*.yaml"), key=lambda p: p.stem))}
+OFFICIAL = RECIPES["official"]
 
 
 def free_memory(device: torch.device) -> int | None:
