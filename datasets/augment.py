@@ -131,7 +131,8 @@ def erase_occluders(
     """With probability p_clip, paint 1..10 boxes of 20..299 px filled with their mean colour on each
     frame t >= 1 (each with probability p_frame), and mark the points they cover not visible.
 
-    A point covers the pixel round(x), round(y). Frame 0 (the query frame) and valids are untouched.
+    A point covers the pixel floor(x + 0.5), floor(y + 0.5) (halves round up, as the synthetic generator
+    reads its instance map). Frame 0 (the query frame) and valids are untouched.
     Returns new (rgbs S,H,W,3 uint8, visibs S,N).
     """
     S, H, W, _ = rgbs.shape

@@ -4,8 +4,8 @@ A scene is a textured background plane under a smooth camera homography plus sev
 foreground objects (ellipses, polygons, blobs) with their own smooth rotation, scale and translation.
 Every layer is rendered by warping its texture with a 3x3 matrix (texture pixel -> frame pixel),
 and its tracked points are projected with the very same matrix, so tracks are exact. Visibility is
-read from the rendered instance map: a point is visible when it is inside the frame and the nearest
-pixel shows its own layer.
+read from the rendered instance map: a point is visible when it is inside the frame and the pixel
+that holds it shows its own layer.
 
 Depth is a layered 2.5-D model: the background sits at BG_DEPTH / camera_zoom and an object at
 OBJ_DEPTH / object_scale, so a growing object is approaching the camera. Objects are painted far to
@@ -388,13 +388,14 @@ def scene_tracks(scene: Scene) -> SceneTracks:
 
 
 def visible_in(inst: np.ndarray, trajs: np.ndarray, valids: np.ndarray, layer_ids: np.ndarray) -> np.ndarray:
-    """N float32 visibility in one frame: valid, inside [0,W-1]x[0,H-1], and the nearest pixel of
-    the instance map `inst` (H,W) shows the point's own layer."""
+    """N float32 visibility in one frame: valid, inside [0,W-1]x[0,H-1], and the pixel of the instance map
+    `inst` (H,W) that holds the point shows the point's own layer. Pixel k spans [k-0.5, k+0.5), so a
+    coordinate halfway between two pixel centres belongs to the higher one."""
     H, W = inst.shape
     x, y = trajs[:, 0], trajs[:, 1]
     inside = (x >= 0) & (x <= W - 1) & (y >= 0) & (y <= H - 1) & (valids > 0)
-    xi = np.clip(np.rint(x), 0, W - 1).astype(np.intp)
-    yi = np.clip(np.rint(y), 0, H - 1).astype(np.intp)
+    xi = np.clip(np.floor(x + 0.5), 0, W - 1).astype(np.intp)
+    yi = np.clip(np.floor(y + 0.5), 0, H - 1).astype(np.intp)
     return (inside & (inst[yi, xi] == layer_ids)).astype(np.float32)
 
 

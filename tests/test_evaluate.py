@@ -437,6 +437,24 @@ def test_visibility_metrics_at_the_thresholds_by_hand() -> None:
     assert metrics["average_jaccard"] == pytest.approx((0 / 9 + 4 * 4 / 5) / 5 * 100)
 
 
+def test_the_visible_and_occluded_split_leaves_the_query_frame_out_as_d_avg_does() -> None:
+    # Frame 0 is the query: occluded there for every point and far off, exact and visible afterwards. The
+    # occluded split has no scored frame (None, not 0), and the far-off query frame costs neither split
+    size = (64, 128)
+    trajs_g = np.zeros((3, 2, 2), np.float32) + 20.0  # T,N,2
+    tracks = torch.from_numpy(trajs_g.copy())[None]
+    tracks[0, 0] += 50.0
+    visibs = np.ones((3, 2), np.float32)
+    visibs[0] = 0
+    valids = np.ones((3, 2), np.float32)
+    metrics = visibility_metrics(Tracks(tracks, None), trajs_g, visibs, valids, size)
+    assert metrics["d_avg_occluded"] is None
+    assert metrics["d_avg_visible"] == metrics["d_avg"] == 100.0
+    visibs[1, 1] = 0  # one occluded, exact entry after the query frame
+    metrics = visibility_metrics(Tracks(tracks, None), trajs_g, visibs, valids, size)
+    assert metrics["d_avg_occluded"] == 100.0 and metrics["d_avg_visible"] == 100.0
+
+
 def test_evaluate_and_report_logs_metrics_and_gifs(tmp_path: Path, monkeypatch) -> None:
     logs = []
 

@@ -132,6 +132,18 @@ def test_visible_in_by_hand():
     np.testing.assert_array_equal(visible_in(inst, trajs, valids, ids), [1, 1, 0, 0, 0, 0])
 
 
+def test_visible_in_rounds_halves_up_to_the_pixel_that_holds_them():
+    # columns 0..2 show object 2, columns 3..5 the background: x = 2.5 lies in pixel 3's span [2.5, 3.5),
+    # x = 2.49 in pixel 2's; halves round up in y too (y = 0.5 is row 1, the object's row)
+    inst = np.ones((3, 6), np.uint8)
+    inst[:, :3] = 2
+    inst[0, :] = 1
+    trajs = np.array([[2.5, 1.0], [2.49, 1.0], [1.5, 1.0], [1.0, 0.5], [1.0, 0.49]], np.float32)
+    valids = np.ones(5, np.float32)
+    ids = np.full(5, 2)
+    np.testing.assert_array_equal(visible_in(inst, trajs, valids, ids), [0, 1, 1, 1, 0])
+
+
 def test_visible_in_the_frame_is_closed_at_the_last_pixel_centres():
     # W=5, H=4, all background: [0, 4] x [0, 3] is inside, edges included; a hundredth past them is not
     inst = np.ones((4, 5), np.uint8)
