@@ -36,6 +36,7 @@ from nets.pips2 import frames_to_rgbs
 from tracking.predictor import build_model
 from utils import checkpoint, dist, recipes
 from utils.config import Flags, UsageError, check_values, knob, read_file, require, resolve, run, to_yaml
+from utils.interrupt import StopRequest, ignore_stop_signals
 from utils.logger import Logger, Pace, RunningMeans, parameter_table
 from utils.metrics import compute_ate, compute_pips_metrics, occlusion_accuracy
 from utils.vis import draw_tracks
@@ -65,6 +66,9 @@ class TrainConfig:
     val_freq: int | None = knob(None, "validate every this many steps, 0 = never (default: the recipe's)")
     log_freq: int | None = knob(None, "TensorBoard gifs every this many steps, scalars 4x as often (ditto)")
     save_freq: int | None = knob(None, "checkpoint every this many steps (default: the recipe's)")
+    save_minutes: float = knob(
+        10.0, "also checkpoint when this many minutes passed since the last one, 0 = never"
+    )
     num_workers: int | None = knob(None, "DataLoader workers per process (default: the recipe's)")
     lr: float = knob(5e-4, "peak learning rate of AdamW")
     weight_decay: float = knob(1e-6, "AdamW weight decay")
@@ -108,6 +112,7 @@ class TrainConfig:
         require(self.lr > 0, "lr", "positive", self.lr)
         require(self.grad_clip > 0, "grad_clip", "positive", self.grad_clip)
         require(self.weight_decay >= 0, "weight_decay", "0 or more", self.weight_decay)
+        require(self.save_minutes >= 0, "save_minutes", "0 or more", self.save_minutes)
         require(self.vis_weight >= 0, "vis_weight", "0 or more", self.vis_weight)
         recipe_names = ", ".join(recipes.RECIPES)
         require(self.recipe in ("", *recipes.RECIPES), "recipe", f"one of {recipe_names}", self.recipe)
@@ -122,6 +127,7 @@ class TrainConfig:
 
 
 RECIPE_KNOBS = recipes.OFFICIAL.knobs()
+STOP_NOTICE = "stopping: finishing this step to save a checkpoint (press Ctrl-C again to quit without one)"
 EXPORT_KNOBS = ("S", "N", "crop_size")  # what an export folder fixes for every clip in it
 
 
@@ -256,11 +262,17 @@ def batches(dataset: Dataset, B: int, num_workers: int, info: dist.DistInfo, see
             num_workers=num_workers,
             collate_fn=collate_clips,
             drop_last=True,
+            worker_init_fn=ignore_stop_signals,
             pin_memory=info.device.type == "cuda",
             persistent_workers=False,
         )
         yield from loader
         epoch, offset = epoch + 1, 0
+
+
+def validation_due(step: int, val_freq: int) -> bool:
+    """Validation runs after step 1 and every val_freq steps, the same steps in a resumed run."""
+    return val_freq > 0 and (step == 1 or step % val_freq == 0)
 
 
 def open_data(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
@@ -420,7 +432,7 @@ def train_step(state: TrainState, micro_batches: Sequence[ClipBatch], g: torch.G
             state.optimizer.zero_grad(set_to_none=True)
             return TrainStep(float("nan"), res, time.time() - began, True)
         (res.loss * share).backward()
-        total += float(res.loss * share)
+        total += float(res.loss.detach() * share)
     grad_norm = torch.nn.utils.clip_grad_norm_(state.params, cfg.grad_clip)
     skipped = not torch.isfinite(grad_norm).item()
     if not skipped:
@@ -467,12 +479,71 @@ def build_training(cfg: TrainConfig, info: dist.DistInfo) -> tuple[TrainState, n
     return TrainState(net, params, optimizer, cfg), model, scheduler, start
 
 
+def streams(train_data: Dataset, val_data: Dataset | None, cfg: TrainConfig, info: dist.DistInfo, start: int):
+    """The training and validation batch streams of a run at `start`, where an uninterrupted run would be."""
+    train_iter = batches(train_data, cfg.B, cfg.num_workers, info, cfg.seed, start * cfg.grad_acc)
+    if not cfg.val_freq or val_data is None:
+        return train_iter, None
+    done = sum(validation_due(k, cfg.val_freq) for k in range(1, start + 1))
+    return train_iter, batches(val_data, cfg.B, 0, info, cfg.seed + 1, done)
+
+
+def skipped_report(train_data: Dataset, val_data: Dataset | None) -> str:
+    """How many unreadable sequences or clips each split skipped, and which."""
+    lines = []
+    for split, data in (("training", train_data), ("validation", val_data)):
+        skipped = skipped_data(data)
+        lines.append(f"{split} data: {len(skipped)} unreadable sequence(s) or clip(s) skipped")
+        lines += [f"  {line}" for line in skipped]
+    return "\n".join(lines)
+
+
 def skipped_data(data: Dataset | None) -> list[str]:
     """Sequences or clips of a reader left out as unreadable: at indexing, or found while reading by this
     process or its DataLoader workers."""
     if not isinstance(data, (ExportDataset, PointOdysseyDataset)):
         return []
     return data.skipped + [f"{name}: failed to read (see its warning)" for name in data.unreadable.found()]
+
+
+class Saver:
+    """The main process's checkpoints: every save_freq steps, whenever save_minutes have passed since the
+    last one, and at the final (or interrupted) step; each with the run's config."""
+
+    def __init__(
+        self,
+        run_ckpt: Path,
+        model: nn.Module,
+        optimizer,
+        scheduler,
+        cfg: TrainConfig,
+        enabled: bool,
+        start: int,
+    ) -> None:
+        self.run_ckpt, self.model, self.optimizer, self.scheduler = run_ckpt, model, optimizer, scheduler
+        self.cfg, self.enabled = cfg, enabled
+        self.last_step, self.last_time, self.path = start, time.monotonic(), None
+
+    def after(self, step: int, final: bool) -> None:
+        cfg = self.cfg
+        overdue = cfg.save_minutes > 0 and time.monotonic() - self.last_time >= 60 * cfg.save_minutes
+        if not self.enabled or step == self.last_step or not (final or overdue or step % cfg.save_freq == 0):
+            return
+        self.path = checkpoint.save(
+            self.run_ckpt,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            step,
+            cfg.keep_latest,
+            config=dataclasses.asdict(cfg),
+        )
+        self.last_step, self.last_time = step, time.monotonic()
+
+
+def resume_command(cfg: TrainConfig) -> str:
+    ckpt_dir = "" if cfg.ckpt_dir == TrainConfig.ckpt_dir else f" --ckpt_dir {cfg.ckpt_dir}"
+    return f"python train.py --resume --run_name {cfg.run_name}{ckpt_dir}"
 
 
 def main(cfg: TrainConfig) -> None:
@@ -497,60 +568,70 @@ def main(cfg: TrainConfig) -> None:
             f"run {cfg.run_name}: {'resuming at step ' + str(start) if cfg.resume else 'new'}; "
             f"device {info.device}{precision}; {info.world_size} process(es)"
         )
-    train_iter = batches(train_data, cfg.B, cfg.num_workers, info, cfg.seed, start * cfg.grad_acc)
-    val_iter = (
-        batches(val_data, cfg.B, 0, info, cfg.seed + 1) if cfg.val_freq and val_data is not None else None
-    )
+    train_iter, val_iter = streams(train_data, val_data, cfg, info, start)
     pools_t, pools_v, pace, bad_steps = RunningMeans(1000), RunningMeans(1000), Pace(), 0
-    for step in range(start + 1, cfg.max_steps + 1):
-        began = time.time()
-        micro_batches = [next(train_iter).to(info.device) for _ in range(cfg.grad_acc)]
-        rtime = time.time() - began
-        out = train_step(state, micro_batches, step_generator(cfg.seed, step, info.rank))
-        bad_steps = bad_steps + 1 if out.skipped else 0
-        if out.skipped:
-            log.warning("step %d: non-finite loss or gradient; step skipped (%d in a row)", step, bad_steps)
-            if bad_steps >= cfg.max_bad_steps:
-                raise RuntimeError(f"{bad_steps} non-finite steps in a row at step {step}; stopping")
-        else:
-            pools_t.update({**metrics_of(out.result), "loss": out.loss})
-        if scheduler is not None:
-            scheduler.step()
-        if info.is_main:
-            log_step(
-                logger,
-                step,
-                out,
-                {"train": pools_t, "val": pools_v},
-                state.optimizer.param_groups[0]["lr"],
-                cfg,
-            )
-            if step % cfg.save_freq == 0 or step == cfg.max_steps:
-                config = dataclasses.asdict(cfg)
-                checkpoint.save(
-                    run_ckpt, model, state.optimizer, scheduler, step, cfg.keep_latest, config=config
+    saver = Saver(run_ckpt, model, state.optimizer, scheduler, cfg, info.is_main, start)
+    with StopRequest(STOP_NOTICE if info.is_main else None) as stop:
+        for step in range(start + 1, cfg.max_steps + 1):
+            began = time.time()
+            micro_batches = [next(train_iter).to(info.device) for _ in range(cfg.grad_acc)]
+            rtime = time.time() - began
+            out = train_step(state, micro_batches, step_generator(cfg.seed, step, info.rank))
+            bad_steps = bad_steps + 1 if out.skipped else 0
+            if out.skipped:
+                log.warning(
+                    "step %d: non-finite loss or gradient; step skipped (%d in a row)", step, bad_steps
                 )
-            pace.tick()
-            print(
-                f"{cfg.run_name}; step {step:06d}/{cfg.max_steps}; rtime {rtime:.2f}; itime {out.itime:.2f}; "
-                f"loss {out.loss:.3f}; loss_t {pools_t.mean('loss'):.2f}; d_t {pools_t.mean('d_avg'):.1f}; "
-                f"d_v {pools_v.mean('d_avg'):.1f}; time {time.time() - began:.2f}; "
-                f"{pace.steps_per_s():.2f} steps/s; eta {pace.eta(cfg.max_steps - step)}",
-                flush=True,  # also when piped to a log file
-            )
-        if val_iter is not None and (step % cfg.val_freq == 0 or step == start + 1):
-            pools_v.update(
-                validate(state.net, next(val_iter).to(info.device), cfg, logger, step, info.is_main)
-            )
+                if bad_steps >= cfg.max_bad_steps:
+                    raise RuntimeError(f"{bad_steps} non-finite steps in a row at step {step}; stopping")
+            else:
+                pools_t.update({**metrics_of(out.result), "loss": out.loss})
+            if scheduler is not None:
+                scheduler.step()
+            if info.is_main:
+                lr = state.optimizer.param_groups[0]["lr"]
+                log_step(logger, step, out, {"train": pools_t, "val": pools_v}, lr, cfg)
+                pace.tick()
+                print(
+                    step_line(cfg, step, out, rtime, time.time() - began, pools_t, pools_v, pace), flush=True
+                )
+            if val_iter is not None and validation_due(step, cfg.val_freq):
+                pools_v.update(
+                    validate(state.net, next(val_iter).to(info.device), cfg, logger, step, info.is_main)
+                )
+            stopping = stop.agreed(info.device)
+            saver.after(step, final=stopping or step == cfg.max_steps)
+            if stopping:
+                logger.close()
+                if info.is_main:
+                    print(
+                        f"interrupted at step {step}; saved {saver.path}; go on with: {resume_command(cfg)}"
+                    )
+                dist.teardown()
+                raise SystemExit(stop.status)
     if info.is_main and cfg.dataset_location:
-        for split, data in (("training", train_data), ("validation", val_data)):
-            skipped = skipped_data(data)
-            print(
-                f"{split} data: {len(skipped)} unreadable sequence(s) or clip(s) skipped"
-                + "".join(f"\n  {line}" for line in skipped)
-            )
+        print(skipped_report(train_data, val_data))
     logger.close()
     dist.teardown()
+
+
+def step_line(
+    cfg: TrainConfig,
+    step: int,
+    out: TrainStep,
+    rtime: float,
+    seconds: float,
+    pools_t: RunningMeans,
+    pools_v: RunningMeans,
+    pace: Pace,
+) -> str:
+    """The step's line: data and model time, loss, running means, the pace and the time left."""
+    return (
+        f"{cfg.run_name}; step {step:06d}/{cfg.max_steps}; rtime {rtime:.2f}; itime {out.itime:.2f}; "
+        f"loss {out.loss:.3f}; loss_t {pools_t.mean('loss'):.2f}; d_t {pools_t.mean('d_avg'):.1f}; "
+        f"d_v {pools_v.mean('d_avg'):.1f}; time {seconds:.2f}; "
+        f"{pace.steps_per_s():.2f} steps/s; eta {pace.eta(cfg.max_steps - step)}"
+    )
 
 
 def log_step(

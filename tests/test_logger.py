@@ -4,6 +4,7 @@ from pathlib import Path
 
 import imageio.v3
 import numpy as np
+import pytest
 from tensorboardX.proto.event_pb2 import Event
 
 from utils.logger import Logger, Pace, RunningMeans
@@ -54,13 +55,17 @@ def test_disabled_logger_writes_nothing(tmp_path) -> None:
 
 
 def test_pace_counts_recent_steps_and_tells_the_time_left(monkeypatch) -> None:
-    clock = iter([100.0, 102.0, 104.0, 106.0, 114.0])
+    # step 1 ends at t = 130 after a slow start (warm-up, validation); later steps take 2 s, then one 10 s
+    clock = iter([130.0, 132.0, 134.0, 136.0, 146.0])
     monkeypatch.setattr("utils.logger.time.perf_counter", lambda: next(clock))
-    pace = Pace(window=2)  # t = 100
-    pace.tick()  # 102
+    pace = Pace(window=2)
+    assert pace.steps_per_s() == 0.0 and pace.eta(10) == "?"
+    pace.tick()  # 130: step 1 done; its slow start does not count
+    assert pace.eta(10) == "?"
+    pace.tick()  # 132
     assert pace.steps_per_s() == 0.5 and pace.eta(7200) == "4:00:00"
-    pace.tick()  # 104
-    pace.tick()  # 106: the window holds 102, 104, 106
+    pace.tick()  # 134
+    pace.tick()  # 136: the window holds 132, 134, 136
     assert pace.steps_per_s() == 0.5
-    pace.tick()  # 114: 104, 106, 114
-    assert pace.steps_per_s() == 0.2 and pace.eta(95) == "0:07:55"
+    pace.tick()  # 146: 134, 136, 146
+    assert pace.steps_per_s() == pytest.approx(1 / 6) and pace.eta(95) == "0:09:30"

@@ -46,20 +46,25 @@ class RunningMeans:
 
 class Pace:
     """Steps per second over the last `window` steps (data, validation and saves included), and the time
-    left at that pace."""
+    left at that pace. The first step, which also pays for warm-up, is left out of the pace."""
 
     def __init__(self, window: int = 50) -> None:
-        self.times: deque[float] = deque([time.perf_counter()], maxlen=window + 1)
+        self.times: deque[float] = deque(maxlen=window + 1)
 
     def tick(self) -> None:
         """Call once after each step."""
         self.times.append(time.perf_counter())
 
     def steps_per_s(self) -> float:
+        """0 until two steps are done."""
+        if len(self.times) < 2:
+            return 0.0
         return (len(self.times) - 1) / max(self.times[-1] - self.times[0], 1e-9)
 
     def eta(self, steps_left: int) -> str:
-        """h:mm:ss for `steps_left` more steps at the current pace."""
+        """h:mm:ss for `steps_left` more steps at the current pace; '?' until two steps are done."""
+        if len(self.times) < 2:
+            return "?"
         seconds = round(steps_left / self.steps_per_s())
         return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
