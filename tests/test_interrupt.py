@@ -100,6 +100,26 @@ def test_a_signal_saves_the_step_it_stopped_at_and_the_resume_is_exact(straight,
         assert torch.equal(value, final_weights(tmp_path)[name]), name
 
 
+def torchrun(root: Path, *args: str) -> list[str]:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
+    return [*launcher, *script(root, "--device", "cpu", *args)[1:]]
+
+
+def test_sigterm_to_torchrun_stops_both_processes_at_one_step_with_one_checkpoint(tmp_path) -> None:
+    straight = finish(torchrun(tmp_path / "straight"))
+    assert straight.count("step 000008/8") == 1 and "2 process(es)" in straight  # rank 0 alone logs
+    assert [p.name for p in (tmp_path / "straight" / "ckpt" / "r").iterdir()] == ["model-000000008.pth"]
+
+    status, out, err = signal_at(torchrun(tmp_path / "stopped"), "step 000003/8", signal.SIGTERM)
+    assert status != 0 and out.count("interrupted at step") == 1, out[-2000:] + err[-3000:]
+    step = int(STOPPED.search(out)[1])
+    assert [p.name for p in (tmp_path / "stopped" / "ckpt" / "r").iterdir()] == [f"model-{step:09d}.pth"]
+    resumed = finish(torchrun(tmp_path / "stopped", "--resume"))
+    assert losses(resumed) == {k: v for k, v in losses(straight).items() if abs(k) > step}
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "stopped")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def resolved(root: Path, *args: str) -> train.TrainConfig:
     argv = [*RUN, "--log_dir", str(root / "logs"), "--ckpt_dir", str(root / "ckpt"), *args]
     config, _ = train.resolve_config(

@@ -253,36 +253,6 @@ def test_resume_continues_the_run_exactly(tmp_path: Path) -> None:
         assert all(v["step"] == step for v in state["optimizer_state_dict"]["state"].values())
 
 
-def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port=29533",
-        "train.py",
-        *TINY,
-        "--max_steps",
-        "2",
-        "--save_freq",
-        "2",
-        "--run_name",
-        "ddp",
-        "--device",
-        "cpu",
-        "--log_dir",
-        str(tmp_path / "logs"),
-        "--ckpt_dir",
-        str(tmp_path / "ckpt"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert sorted(p.name for p in (tmp_path / "ckpt" / "ddp").iterdir()) == ["model-000000002.pth"]
-    assert out.stdout.count("step 000002/2") == 1  # only rank 0 logs
-    assert "2 process(es)" in out.stdout
-
-
 def test_bad_dataset_location(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="neither an export folder"):
