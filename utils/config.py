@@ -259,7 +259,7 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
 
 
 def _shown(value: object) -> str:
-    if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+    if isinstance(value, tuple) and value and all(isinstance(v, int) for v in value):
         return ",".join(map(str, value))
     if isinstance(value, tuple):
         return ",".join(map(str, value)) or "''"
