@@ -10,7 +10,7 @@ their iterations amplify rounding rather than converge.
 """
 
 import statistics
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import torch
@@ -88,7 +88,7 @@ def agreement_table(rows: list[dict]) -> PrettyTable:
     return table
 
 
-def agreement_rows(cfg: AgreeConfig, device: torch.device) -> Iterator[dict]:
+def agreement_rows(cfg: AgreeConfig, device: torch.device) -> Generator[dict, None, None]:
     yield measure_agreement(cfg, device)
 
 

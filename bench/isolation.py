@@ -31,7 +31,8 @@ def _child(conn: Connection, measure: Callable[..., None], args: tuple) -> None:
 @contextlib.contextmanager
 def _sigint_ignored() -> Iterator[None]:
     """SIGINT ignored while a child starts: a new interpreter keeps an ignored SIGINT ignored (Python
-    installs its KeyboardInterrupt handler only where SIGINT has its default action)."""
+    installs its KeyboardInterrupt handler only where SIGINT has its default action). A Ctrl-C in the few
+    milliseconds of the start is lost."""
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield

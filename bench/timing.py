@@ -21,7 +21,7 @@ exact store-everything row.
 
 import itertools
 import statistics
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -194,7 +194,7 @@ def timing_rows(
     paths: Mapping[str, PathFn],
     device: torch.device,
     cap_gib: float,
-) -> Iterator[dict]:
+) -> Generator[dict, None, None]:
     """Every workload's rows, each as it ends, with a progress bar and the recompute ratios."""
     rows: list[dict] = []
     total = sum(len(cfg.paths) * (len(cfg.recompute) if w.train else 1) for w in workloads)

@@ -10,7 +10,7 @@ CPU, max allocated on CUDA) and frames decoded per video frame (1.0 when each fr
 
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +72,7 @@ def measure_video(tracker: PipsTracker, path: Path, T: int, where: str) -> dict:
     }
 
 
-def video_rows(lengths: tuple[int, ...], device: torch.device, seed: int) -> Iterator[dict]:
+def video_rows(lengths: tuple[int, ...], device: torch.device, seed: int) -> Generator[dict, None, None]:
     """Two rows per length (queries at the last frame, then at the first), each as it ends."""
     torch.manual_seed(seed)
     model = build_model(None, device, fast=False)
