@@ -82,6 +82,23 @@ def test_numpy_tensor_and_path_inputs_give_the_same_tracks(tmp_path) -> None:
     assert np.abs(from_numpy - queries[None, :, 1:]).min(axis=(1, 2))[[1, 5, 7, 11]].min() > 1  # they moved
 
 
+def test_a_frame_source_gives_the_tracks_of_its_path(tmp_path) -> None:
+    path = tmp_path / "clip.mp4"
+    write_video(path, textured_video(T=12), fps=10)
+    tracker = PipsTracker(BrightnessModel(), S=5, iters=1, image_size=(64, 96))
+    queries = np.array([[0, 10.0, 20.0], [6, 50.5, 40.0]], np.float32)  # frame 6: tracked backward too
+    source = VideoFileFrames(path, image_size=(64, 96))
+    first = tracker.predict(source, queries=queries).tracks
+    np.testing.assert_array_equal(first, tracker(path, queries=queries))
+    assert source.frames_read == 12  # decoded once, backward windows read from the cache
+    np.testing.assert_array_equal(tracker(source, queries=queries), first)  # read again from frame 0
+    assert source.frames_read == 24
+    with pytest.raises(ValueError, match="gives 32x32 frames on cpu; this tracker takes 64x96 frames on cpu"):
+        tracker(VideoFileFrames(path, image_size=(32, 32)), queries=queries)
+    with pytest.raises(ValueError, match="max_frames applies to a video the tracker opens"):
+        tracker(source, queries=queries, max_frames=4)
+
+
 def test_tracks_come_back_in_input_pixels() -> None:
     video = np.zeros((12, 96, 128, 3), np.uint8)
     model = ShiftModel(dx=1.0, dy=2.0)

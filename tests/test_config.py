@@ -36,6 +36,7 @@ class Toy:
     run_name: str = knob("", "name of the run")
     mode: Literal["first", "strided"] = knob("first", "query mode")
     init_ckpt: str = knob("", "weights to start from", aliases=("init_dir",))
+    lengths: tuple[int, ...] = knob((250, 1000), "video lengths")
 
     def __post_init__(self) -> None:
         require(self.B is None or self.B >= 1, "B", "at least 1", self.B)
@@ -76,6 +77,7 @@ def test_values_follow_the_annotations() -> None:
     assert given("--B", "4", "--B", "2") == {"B": 2}  # the last wins, as wrappers expect
     assert given("--run_name", "", "--splits", "") == {"run_name": "", "splits": ()}
     assert given("--init_dir", "ckpt", "--mode", "strided") == {"init_ckpt": "ckpt", "mode": "strided"}
+    assert given("--lengths", "12, 30") == {"lengths": (12, 30)} and given("--lengths=") == {"lengths": ()}
     assert given() == {}  # nothing given: every field keeps its default in the layers below
 
 
@@ -89,6 +91,7 @@ def test_values_follow_the_annotations() -> None:
         (["--lr"], "--lr needs a value"),
         (["--resume", "maybe"], "--resume takes true or false, got 'maybe'"),
         (["--mode", "all"], "--mode takes one of first, strided, got 'all'"),
+        (["--lengths", "12,x"], "--lengths takes a comma-separated list of integers, got '12,x'"),
         (["--ler", "1"], "unknown flag --ler; did you mean --lr?"),
         (["--zzz"], "unknown flag --zzz (--help lists the flags)"),
         (["--crop_sise=1,2"], "unknown flag --crop_sise; did you mean --crop_size?"),
@@ -112,6 +115,7 @@ def test_help_lists_each_flag_with_its_meaning_and_default(capsys) -> None:
     assert "peak learning rate (10% warm-up) (default: 0.0005)" in text
     assert "--B INT" in text and "clips per batch\n" in text  # a None default is not shown
     assert "--resume [BOOL]" in text and "--mode {first,strided}" in text
+    assert "--lengths INT,INT,..." in text and "video lengths (default: 250,1000)" in text
     assert "--config FILE" in text and "--print_config" in text and "--debug" in text
     assert "--init_dir" not in text and "--crop-size" not in text  # old and hyphen spellings answer, unlisted
 
@@ -123,8 +127,9 @@ def test_layers_resolve_in_order_and_values_are_checked() -> None:
         resolve(Toy, {"B": 0})
     with pytest.raises(UsageError, match=r"^--crop_size must be two pixels, got 1,2$"):
         require(False, "crop_size", "two pixels", (1, 2))
-    saved = {"crop_size": [64, 96], "splits": ["a"], "lr": 1, "B": None, "mode": "strided"}
+    saved = {"crop_size": [64, 96], "splits": ["a"], "lr": 1, "B": None, "mode": "strided", "lengths": [5]}
     expected = {"crop_size": (64, 96), "splits": ("a",), "lr": 1.0, "B": None, "mode": "strided"}
+    expected["lengths"] = (5,)
     assert check_values(saved, Toy, "ckpt") == expected
     with pytest.raises(UsageError, match=r"^ckpt: unknown setting 'lrr'; did you mean --lr\?$"):
         check_values({"lrr": 1}, Toy, "ckpt")
@@ -132,6 +137,8 @@ def test_layers_resolve_in_order_and_values_are_checked() -> None:
         check_values({"B": True}, Toy, "ckpt")
     with pytest.raises(UsageError, match=r"^--resume in ckpt takes true or false, got 'perhaps'$"):
         check_values({"resume": "perhaps"}, Toy, "ckpt")
+    with pytest.raises(UsageError, match=r"^--lengths in ckpt takes a comma-separated list of integers"):
+        check_values({"lengths": [True]}, Toy, "ckpt")
 
 
 def test_config_files_sit_under_the_flags_and_print_config_reads_back(tmp_path: Path, capsys) -> None:
@@ -170,6 +177,16 @@ def test_run_calls_main_with_the_config_and_notes_come_first(capsys) -> None:
     assert seen == [Toy(B=2, run_name="picked")] and capsys.readouterr().out == "recipe line\n"
     run(seen.append, Toy, resolver, argv=["--print_config"])
     assert capsys.readouterr().out.startswith("# recipe line\nB: null\n") and len(seen) == 1
+
+
+def test_run_names_the_mode_of_a_script_in_help_and_errors(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run(print, Toy, argv=["--help"], prog="toy.py fast", description="Fast toys.")
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: python toy.py fast [--flag value ...]\n\nFast toys.\n")
+    seen = []
+    run(seen.append, Toy, argv=["--lengths", "3"], prog="toy.py fast")
+    assert seen == [Toy(lengths=(3,))]
 
 
 def test_user_errors_end_in_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys) -> None:

@@ -1,4 +1,5 @@
-"""The layers import only downwards: scripts -> tracking/ -> datasets/, nets/ -> utils/."""
+"""The layers import only downwards: scripts and bench/ (the modes of benchmark.py) -> tracking/ ->
+datasets/, nets/ -> utils/."""
 
 import ast
 from pathlib import Path
@@ -6,13 +7,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("utils", "nets", "datasets", "tracking")
-# what each package may import from the project
+PACKAGES = ("utils", "nets", "datasets", "tracking", "bench")
+# what each package may import from the project; bench/ is script-level code that no script imports
 ALLOWED = {
     "utils": set(),
     "nets": {"utils"},
     "datasets": {"utils"},
     "tracking": {"utils", "nets", "datasets"},
+    "bench": {"utils", "nets", "datasets", "tracking"},
 }
 
 
@@ -39,3 +41,5 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("import torch\nfrom tracking.frames import open_frames\nfrom nets import pips2\n")
     assert project_imports(bad) == {"tracking", "nets"}
+    bad.write_text("import benchmark\nfrom bench.report import Report\n")
+    assert project_imports(bad) == {"benchmark", "bench"}

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from nets.pips2 import VIS_HEAD_PREFIX, Feats, Pips, PipsOutput
 from nets.tracker import Progress, track
-from tracking.frames import Video, check_size, open_frames
+from tracking.frames import Frames, Video, check_size, open_frames
 from utils.checkpoint import load_state, read_weights, strip_prefixes
 from utils.dist import fast_dtype, pick_device
 
@@ -195,7 +195,7 @@ class PipsTracker:
 
     def __call__(
         self,
-        video: Video,
+        video: Video | Frames,
         queries: np.ndarray | torch.Tensor | Sequence | None = None,
         grid_size: int | None = None,
         max_frames: int | None = None,
@@ -205,7 +205,9 @@ class PipsTracker:
         at frame 0 (see grid_queries) through the video's first `max_frames` frames (None = all).
 
         Args:
-            video: T,H,W,3 uint8 RGB (numpy or torch), or the path of a video file or folder of frames.
+            video: T,H,W,3 uint8 RGB (numpy or torch), the path of a video file or folder of frames, or a
+                frame source of tracking/frames.py opened at the tracker's image_size and device (read
+                from its first frame; its frames_read and read_seconds count on).
             progress: called with the number of newly tracked frames after each window; over a call they
                 add up to (T - 1) * (the number of distinct query frames).
         Returns:
@@ -218,7 +220,7 @@ class PipsTracker:
 
     def predict(
         self,
-        video: Video,
+        video: Video | Frames,
         queries: np.ndarray | torch.Tensor | Sequence | None = None,
         grid_size: int | None = None,
         max_frames: int | None = None,
@@ -228,7 +230,7 @@ class PipsTracker:
         probabilities T,N where the model has a visibility head (None otherwise)."""
         if (queries is None) == (grid_size is None):
             raise ValueError("give exactly one of queries (N,3 rows of t,x,y) and grid_size")
-        with open_frames(video, self.image_size, self.device, max_frames=max_frames) as source:
+        with self._open(video, max_frames) as source:
             H, W = source.height, source.width
             if grid_size is not None:
                 q = grid_queries(grid_size, H, W, self.image_size)
@@ -245,3 +247,22 @@ class PipsTracker:
         if isinstance(video, torch.Tensor):
             return Prediction(*(None if x is None else x.to(video.device) for x in fields))
         return Prediction(*(None if x is None else x.numpy() for x in fields))
+
+    def _open(self, video: Video | Frames, max_frames: int | None) -> Frames:
+        """The frame source of `video`; a given source once it is known to read what the model takes, closed
+        so that it reads from its first frame."""
+        if not isinstance(video, Frames):
+            return open_frames(video, self.image_size, self.device, max_frames=max_frames)
+        if max_frames is not None:
+            raise ValueError(f"max_frames applies to a video the tracker opens; open {video.name} with it")
+        if video.image_size != self.image_size or _resolved(video.device) != _resolved(self.device):
+            (h, w), (H, W) = video.image_size, self.image_size
+            message = f"frame source {video.name} gives {h}x{w} frames on {video.device}"
+            raise ValueError(f"{message}; this tracker takes {H}x{W} frames on {self.device}")
+        video.close()
+        return video
+
+
+def _resolved(device: torch.device) -> torch.device:
+    """`device` with its index, as tensors report it ("cuda" is the current CUDA device)."""
+    return torch.empty(0, device=device).device

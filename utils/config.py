@@ -2,11 +2,11 @@
 
 A field is declared with `knob(default, help)`. On the command line each field is `--name value` (or
 `--name=value`; `-` may stand for `_`), booleans `--name` / `--no_name` (or `--name false`), sizes `H,W`,
-lists of names `a,b`. `--config FILE` reads a YAML mapping of fields, below the flags in precedence;
-`--print_config` prints the resolved config as YAML and stops. `run(main, Config)` is each script's entry
-point: a mistyped flag stops before any work with the closest flag's name, a user error (ValueError or
-OSError) ends with one line `error: ...`, and Ctrl-C with `interrupted`; `--debug` or PIPS_DEBUG=1 shows
-the traceback.
+lists of names `a,b` and of integers `250,1000`. `--config FILE` reads a YAML mapping of fields, below the
+flags in precedence; `--print_config` prints the resolved config as YAML and stops. `run(main, Config)` is
+each script's entry point: a mistyped flag stops before any work with the closest flag's name, a user error
+(ValueError or OSError) ends with one line `error: ...`, and Ctrl-C with `interrupted`; `--debug` or
+PIPS_DEBUG=1 shows the traceback.
 """
 
 import argparse
@@ -57,6 +57,10 @@ def _is_names(kind: object) -> bool:
     return typing.get_origin(kind) is tuple and typing.get_args(kind) == (str, ...)
 
 
+def _is_ints(kind: object) -> bool:
+    return typing.get_origin(kind) is tuple and typing.get_args(kind) == (int, ...)
+
+
 def _choices(kind: object) -> tuple[object, ...]:
     return typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else ()
 
@@ -66,6 +70,8 @@ def _describe(kind: object) -> str:
         return "H,W (two integers, e.g. 256,384)"
     if _is_names(kind):
         return "a comma-separated list"
+    if _is_ints(kind):
+        return "a comma-separated list of integers"
     if choices := _choices(kind):
         return "one of " + ", ".join(map(str, choices))
     return _EXPECTED.get(kind, str(kind))
@@ -77,6 +83,8 @@ def _metavar(annotation: object) -> str:
             return "H,W"
         if _is_names(kind):
             return "A,B,..."
+        if _is_ints(kind):
+            return "INT,INT,..."
         if choices := _choices(kind):
             return "{" + ",".join(map(str, choices)) + "}"
         if kind in (int, float):
@@ -102,6 +110,8 @@ def _from_text(text: str, kind: object) -> object:
             return int(parts[0]), int(parts[1])
     if _is_names(kind):
         return tuple(part.strip() for part in text.split(",") if part.strip())
+    if _is_ints(kind):
+        return tuple(int(part) for part in text.split(",") if part.strip())
     if text in map(str, _choices(kind)):
         return next(c for c in _choices(kind) if str(c) == text)
     raise ValueError(text)
@@ -126,6 +136,9 @@ def _from_value(value: object, kind: object) -> object:
             return tuple(value)
     if _is_names(kind) and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return tuple(value)
+    if _is_ints(kind) and isinstance(value, (list, tuple)):
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return tuple(value)
     if value in _choices(kind):
         return value
     raise ValueError(value)
@@ -246,7 +259,7 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
 
 
 def _shown(value: object) -> str:
-    if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+    if isinstance(value, tuple) and value and all(isinstance(v, int) for v in value):
         return ",".join(map(str, value))
     if isinstance(value, tuple):
         return ",".join(map(str, value)) or "''"
@@ -350,14 +363,19 @@ def run(
     cls: type[Config],
     resolve_config: Resolver = default_resolve,
     argv: Sequence[str] | None = None,
+    prog: str | None = None,
+    description: str | None = None,
 ) -> None:
     """Read the command line (default: sys.argv), resolve the config and call `main` with it, as the module
     docstring describes. `resolve_config` builds the config from the flags (a script's own precedence) and
-    lines that tell how, printed before `main` runs (as comments above the YAML of --print_config)."""
+    lines that tell how, printed before `main` runs (as comments above the YAML of --print_config). `prog`
+    (default: the script's file name) and `description` (default: the docstring of `main`'s module) head
+    --help, e.g. for the modes of one script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    prog = Path(sys.argv[0]).name
-    module = sys.modules.get(getattr(main, "__module__", None) or "")
-    description = (getattr(module, "__doc__", None) or "").strip()
+    prog = prog or Path(sys.argv[0]).name
+    if description is None:
+        module = sys.modules.get(getattr(main, "__module__", None) or "")
+        description = (getattr(module, "__doc__", None) or "").strip()
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         flags = read_command_line(cls, argv, prog, description)
