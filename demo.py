@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tracking.frames import check_size
+from tracking.frames import MIN_SIDE, check_size
 from tracking.predictor import PipsTracker, build_model, check_queries, grid_queries
 from utils.checkpoint import REFERENCE_DIR
 from utils.config import UsageError, knob, require, run
@@ -49,7 +49,9 @@ def load_queries(path: str | Path) -> np.ndarray:
                 rows = np.loadtxt(io.StringIO(text), dtype=np.float32, ndmin=2)
     except (ValueError, OSError, UnicodeDecodeError) as err:
         raise ValueError(f"cannot read query file {p}: {' '.join(str(err).split())}") from None
-    if rows.ndim != 2 or rows.shape[1] != 3 or len(rows) == 0:
+    if rows.size == 0:
+        raise ValueError(f"query file {p} holds no queries: give one row t x y per point")
+    if rows.ndim != 2 or rows.shape[1] != 3:
         raise ValueError(f"query file {p} must hold rows of t,x,y; got an array of shape {rows.shape}")
     return rows
 
@@ -123,7 +125,7 @@ class DemoConfig:
         require(self.fps >= 0, "fps", "0 or more", self.fps)
         require(self.trail >= 0, "trail", "0 or more", self.trail)
         try:
-            check_size(self.image_size)
+            check_size(self.image_size, least=MIN_SIDE)
         except ValueError as err:
             raise UsageError(f"--{err}") from None
 
@@ -134,7 +136,11 @@ def main(cfg: DemoConfig) -> None:
     info = video_info(cfg.filename)  # the container's frame count: no decoding
     T = min(cfg.max_frames, info.num_frames) if cfg.max_frames else info.num_frames
     if cfg.queries:
-        query_rows = check_queries(load_queries(cfg.queries), T, info.height, info.width)  # N,3
+        rows = load_queries(cfg.queries)
+        try:
+            query_rows = check_queries(rows, T, info.height, info.width)  # N,3
+        except ValueError as err:
+            raise ValueError(f"query file {cfg.queries}: {err}") from None
     else:
         query_rows = grid_queries(round(math.sqrt(cfg.N)), info.height, info.width, cfg.image_size)  # N,3
     if cfg.random_weights:

@@ -33,6 +33,7 @@ from datasets.sample import ClipBatch, collate_clips
 from datasets.synthetic import SyntheticClips
 from nets.losses import sequence_loss, visibility_loss
 from nets.pips2 import frames_to_rgbs
+from tracking.frames import MIN_SIDE
 from tracking.predictor import build_model
 from utils import checkpoint, dist, recipes
 from utils.config import Flags, UsageError, check_values, knob, read_file, require, resolve, run, to_yaml
@@ -43,7 +44,6 @@ from utils.vis import draw_tracks
 
 log = logging.getLogger("train")
 
-MIN_CROP_SIDE = 64  # the encoder's coarsest correlation level needs 8 feature pixels a side
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,8 @@ class TrainConfig:
             value = getattr(self, name)
             require(value is None or value >= 0, name, "0 or more", value)
         if self.crop_size is not None:
-            enough = min(self.crop_size) >= MIN_CROP_SIDE
-            require(enough, "crop_size", f"at least {MIN_CROP_SIDE} pixels a side", self.crop_size)
+            enough = min(self.crop_size) >= MIN_SIDE
+            require(enough, "crop_size", f"at least {MIN_SIDE} pixels a side", self.crop_size)
         for name in ("val_clips", "keep_latest", "max_bad_steps"):
             require(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
         require(self.lr > 0, "lr", "positive", self.lr)

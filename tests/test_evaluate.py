@@ -330,7 +330,9 @@ def test_evaluate_and_report_builds_the_model_from_the_flags(tmp_path: Path, mon
 
 
 def test_eval_config_checks_the_protocol_before_any_work() -> None:
-    assert EvalConfig().image_size == (512, 896) and EvalConfig(image_size=(32, 64)).image_size == (32, 64)
+    assert EvalConfig().image_size == (512, 896) and EvalConfig(image_size=(64, 96)).image_size == (64, 96)
+    with pytest.raises(UsageError, match=r"^--image_size sides must be at least 64 pixels, got 32x64$"):
+        EvalConfig(image_size=(32, 64))
     for bad in [(64, 100), (48, 64)]:
         with pytest.raises(
             UsageError, match=rf"^--image_size sides must be positive multiples of 32, got {bad[0]}x{bad[1]}$"

@@ -15,6 +15,7 @@ import torch
 
 from datasets.synthetic import make_scene, write_sequence
 from utils import checkpoint
+from utils.video import write_video
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ["--B", "1", "--S", "4", "--N", "8", "--crop_size", "64,64", "--iters", "1"]
@@ -269,3 +270,43 @@ def test_make_synthetic_dataset_help_is_not_height(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 0 and "--height INT" in proc.stdout and not (tmp_path / "d").exists()
+
+
+def test_bad_values_stop_before_any_work_in_the_flags_own_words(tmp_path: Path) -> None:
+    dirs = ["--log_dir", str(tmp_path / "logs"), "--ckpt_dir", str(tmp_path / "ckpt")]
+    video = tmp_path / "v.mp4"
+    write_video(video, np.zeros((4, 64, 96, 3), np.uint8))
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "nan.txt").write_text("0 nan 3\n")
+    demo = ["--filename", str(video), "--random_weights", "--out_dir", str(tmp_path / "out")]
+    cases = {
+        ("train.py", "--B", "-1"): "error: --B must be at least 1, got -1",
+        (
+            "train.py",
+            "--crop_size",
+            "10,10",
+        ): "error: --crop_size must be at least 64 pixels a side, got 10,10",
+        ("train.py", "--S", "0"): "error: --S must be at least 2 (frames per clip), got 0",
+        (
+            "demo.py",
+            "--image_size",
+            "10,10",
+        ): "error: --image_size sides must be at least 64 pixels, got 10x10",
+        (
+            "demo.py",
+            "--queries",
+            str(tmp_path / "empty.txt"),
+        ): f"error: query file {tmp_path / 'empty.txt'} holds",
+        (
+            "demo.py",
+            "--queries",
+            str(tmp_path / "nan.txt"),
+        ): f"error: query file {tmp_path / 'nan.txt'}: query",
+    }
+    procs = run_each(
+        *((script, [*flags, *(dirs if script == "train.py" else demo)], False) for script, *flags in cases)
+    )
+    for proc, line in zip(procs, cases.values()):
+        code = 1 if "query" in line else 2
+        assert one_error_line(proc, code).startswith(line) and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", "nan.txt", "v.mp4"]

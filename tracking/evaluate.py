@@ -25,7 +25,7 @@ from tqdm import tqdm
 from datasets.sample import EvalSequence, UnreadableSequence
 from nets.pips2 import Pips
 from nets.tracker import Tracks, WindowModel, track_from_first_frame
-from tracking.frames import Frames, check_size, open_frames
+from tracking.frames import MIN_SIDE, Frames, check_size, open_frames
 from tracking.predictor import Float16Guard, build_model
 from utils.checkpoint import REFERENCE_DIR
 from utils.config import UsageError, knob, require
@@ -85,7 +85,7 @@ class EvalConfig:
             self.max_videos,
         )
         try:
-            check_size(self.image_size, multiple=SIZE_MULTIPLE)
+            check_size(self.image_size, multiple=SIZE_MULTIPLE, least=MIN_SIDE)
         except ValueError as err:
             raise UsageError(f"--{err}") from None
 

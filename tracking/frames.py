@@ -46,13 +46,20 @@ def resize_frames(rgbs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return resized.reshape(B, T, C, *size)  # B,T,3,H',W'
 
 
-def check_size(size: Sequence[int], name: str = "image_size", multiple: int = 1) -> tuple[int, int]:
-    """(H, W) as two positive integers, multiples of `multiple`, or ValueError naming `name`."""
+MIN_SIDE = 64  # the model's coarsest correlation level needs 8 feature pixels a side
+
+
+def check_size(
+    size: Sequence[int], name: str = "image_size", multiple: int = 1, least: int = 1
+) -> tuple[int, int]:
+    """(H, W) as two integers of at least `least`, multiples of `multiple`, or ValueError naming `name`."""
     pair = tuple(size) if isinstance(size, (tuple, list)) else ()
     if len(pair) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in pair):
         raise ValueError(f"{name} must be two positive integers H,W, got {size!r}")
     if pair[0] % multiple or pair[1] % multiple:
         raise ValueError(f"{name} sides must be positive multiples of {multiple}, got {pair[0]}x{pair[1]}")
+    if min(pair) < least:
+        raise ValueError(f"{name} sides must be at least {least} pixels, got {pair[0]}x{pair[1]}")
     return pair
 
 
