@@ -275,36 +275,60 @@ def validation_due(step: int, val_freq: int) -> bool:
     return val_freq > 0 and (step == 1 or step % val_freq == 0)
 
 
-def open_data(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
+def open_data(cfg: TrainConfig, processes: int = 1) -> tuple[Dataset, Dataset | None]:
     """(train, val) datasets: synthetic clips when there is no dataset_location, an export folder (clip
     folders with rgb.mp4 + track.npz; its last clips are held out), or a PointOdyssey root (train/ and, if
-    present, val/; without one val is None)."""
+    present, val/; without one val is None). Each split holds a batch for every process, or ValueError
+    says what each side needs."""
     S, N, crop, augs, seed = cfg.S, cfg.N, cfg.crop_size, cfg.use_augs, cfg.seed
+    need, validating = cfg.B * processes, cfg.val_freq > 0
     if not cfg.dataset_location:
+        val_clips = max(cfg.val_clips, need)
         return (
             SyntheticClips(S, N, crop, length=100_000, seed=seed, use_augs=augs),
-            SyntheticClips(S, N, crop, length=cfg.val_clips, seed=seed + 1_000_003),
+            SyntheticClips(S, N, crop, length=val_clips, seed=seed + 1_000_003) if validating else None,
         )
     root = Path(cfg.dataset_location)
     if not root.is_dir():
         raise FileNotFoundError(f"--dataset_location {root} is not a directory")
     if any(root.glob("*/track.npz")):
         train = ExportDataset(str(root.parent), root.name, S, N, crop, use_augs=augs, seed=seed)
+        enough(len(train.clips), need, f"export {root}", validating)
+        if not validating:
+            return train, None
         val = ExportDataset(str(root.parent), root.name, S, N, crop, use_augs=False, seed=seed + 1)
-        held_out = max(1, min(cfg.val_clips, len(train.clips) // 10))  # the last clips are the held-out split
+        held_out = max(need, min(cfg.val_clips, len(train.clips) // 10))  # the last clips are held out
         train.select(slice(None, -held_out))
         val.select(slice(-held_out, None))
         return train, val
     if (root / "train").is_dir():
         train = PointOdysseyDataset(str(root), "train", S, N, crop_size=crop, use_augs=augs, seed=seed)
+        enough(len(train), need, f"{root / 'train'}", validating=False)
+        if not validating:
+            return train, None
         if not (root / "val").is_dir():
             log.warning("%s has no val/ split: validation is off", root)
             return train, None
         val = PointOdysseyDataset(str(root), "val", S, N, crop_size=crop, use_augs=False, seed=seed + 1)
+        enough(len(val), need, f"{root / 'val'}", validating=False)
         return train, val
     raise FileNotFoundError(
         f"{root} is neither an export folder (<id>/rgb.mp4 + track.npz) nor a PointOdyssey root (train/)"
     )
+
+
+def enough(count: int, need: int, what: str, validating: bool) -> None:
+    """ValueError unless `count` clips give a batch of `need` to training (and, held out, to validation)."""
+    both = 2 * need if validating else need
+    if count >= both:
+        return
+    per = f"B x processes = {need} clips"
+    if validating:
+        raise ValueError(
+            f"{what} has {count} clips: too few for training and a held-out validation split, which each "
+            f"need {per}; pass --val_freq 0 to train on all of them, or a smaller --B"
+        )
+    raise ValueError(f"{what} has {count} clips: too few for one batch ({per}); pass a smaller --B")
 
 
 def initial_trajs(trajs_g: torch.Tensor, g: torch.Generator, H: int, W: int) -> torch.Tensor:
@@ -555,7 +579,7 @@ def main(cfg: TrainConfig) -> None:
             "training on the built-in synthetic clips; for PointOdyssey pass --dataset_location "
             "<PointOdyssey root or export folder> (see README)"
         )
-    train_data, val_data = open_data(cfg)
+    train_data, val_data = open_data(cfg, info.world_size)
     state, model, scheduler, start = build_training(cfg, info)
     run_ckpt, run_log = Path(cfg.ckpt_dir) / cfg.run_name, Path(cfg.log_dir) / cfg.run_name
     logger = Logger(run_log, enabled=info.is_main)

@@ -67,8 +67,9 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 STEP = train.TrainConfig(iters=2, grad_acc=1, grad_clip=5.0, vis_weight=0.0)  # what train_step reads
 
 
-def data_config(location: str) -> train.TrainConfig:
-    return train.TrainConfig(location, S=4, N=8, crop_size=(64, 64), use_augs=False, seed=0, val_clips=4)
+def data_config(location: str, **knobs) -> train.TrainConfig:
+    fixed = dict(S=4, N=8, crop_size=(64, 64), use_augs=False, seed=0, val_clips=4, B=1, val_freq=1)
+    return train.TrainConfig(location, **(fixed | knobs))
 
 
 def test_overfits_one_fixed_batch() -> None:
@@ -291,3 +292,17 @@ def test_open_data_reads_pointodyssey_layout_and_exports(tmp_path: Path) -> None
     assert len(train_data) + len(val_data) == len(list(folder.glob("*/track.npz")))
     assert not set(train_data.clips) & set(val_data.clips)
     assert val_data[0].rgbs.shape == (4, 64, 64, 3)
+    # 4 clips: B=2 holds 2 out and trains on 2; B=1 on 2 processes the same; without validation all 4 train
+    for knobs, processes in [(dict(B=2), 1), (dict(B=1), 2)]:
+        train_data, val_data = train.open_data(data_config(str(folder), **knobs), processes)
+        assert (len(train_data), len(val_data)) == (2, 2)
+    train_data, val_data = train.open_data(data_config(str(folder), B=3, val_freq=0))
+    assert (len(train_data), val_data) == (4, None)
+    with pytest.raises(
+        ValueError,
+        match=r"has 4 clips: too few for training and a held-out validation split, "
+        r"which each need B x processes = 3 clips; pass --val_freq 0",
+    ):
+        train.open_data(data_config(str(folder), B=3))
+    with pytest.raises(ValueError, match=r"has 4 clips: too few for one batch \(B x processes = 6 clips\)"):
+        train.open_data(data_config(str(folder), B=3, val_freq=0), 2)
