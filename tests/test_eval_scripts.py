@@ -3,7 +3,10 @@ results.json can be worked out by hand: the reader, the resolution change (groun
 y*H'/H) and the frame resize rule of each protocol (cv2 for PointOdyssey and CroHD, bilinear for TAP-Vid)."""
 
 import json
+import os
 import pickle
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -263,3 +266,65 @@ def test_on_cro_by_hand(tmp_path: Path, still: StillModel) -> None:
     expected |= {"d_avg": 900 / 21, "survival": 12.5, "median_l2": (32 + 112 / 3 + 32) / 3}
     check_metrics(row, expected)
     check_cv2_windows(still, paths)
+
+
+def test_ctrl_c_between_videos_then_resume_evaluates_only_the_rest(tmp_path: Path) -> None:
+    for k in range(3):
+        scene = make_scene(16, 64, 96, np.random.default_rng(k), num_points=32)
+        write_sequence(scene, tmp_path / "pod" / "test" / f"scene_{k}")
+    flags = ["--dataset_location", str(tmp_path / "pod"), "--N", "8", "--S", "8", "--iters", "1"]
+    flags += ["--image_size", "64,96", "--device", "cpu", "--random_weights"]
+
+    def script(log_dir: str, *extra: str) -> list[str]:
+        return [sys.executable, "test_on_pod.py", *flags, "--log_dir", str(tmp_path / log_dir), *extra]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    straight = subprocess.run(
+        script("straight"), cwd=REPO, capture_output=True, text=True, env=env, timeout=300
+    )
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    proc = subprocess.Popen(
+        script("stopped"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "step 000001/3" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    stop = re.search(
+        r"interrupted; (\d) video\(s\) done are kept in (\S+); go on by running", "".join(seen) + out
+    )
+    assert stop is not None and 1 <= int(stop[1]) < 3 and not (tmp_path / "stopped" / "results.json").exists()
+
+    resumed = subprocess.run(
+        script("stopped", "--resume"), cwd=REPO, capture_output=True, text=True, env=env, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"going on after {stop[1]} of 3 videos done earlier" in resumed.stdout
+    evaluated = re.findall(r"step 00000(\d)/3", resumed.stdout)
+    assert evaluated == [str(k) for k in range(int(stop[1]) + 1, 4)]
+
+    def comparable(log_dir: str) -> dict:
+        data = read_results(tmp_path / log_dir)
+        data["config"].pop("resume"), data["config"].pop("log_dir")
+        for row in data["videos"]:
+            row.pop("rtime"), row.pop("itime")
+        return data
+
+    assert comparable("stopped") == comparable("straight")
+    changed = subprocess.run(
+        script("stopped", "--resume", "--iters", "2"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    progress = tmp_path / "stopped" / "videos.jsonl"
+    assert changed.returncode == 1 and changed.stderr.splitlines()[-1].startswith(
+        f"error: --resume: {progress} holds videos of another config (--iters 1 -> 2)"
+    )

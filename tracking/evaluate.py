@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from nets.tracker import Tracks, WindowModel, track_from_first_frame
 from tracking.frames import MIN_SIDE, Frames, check_size, open_frames
 from tracking.predictor import Float16Guard, build_model
 from utils.checkpoint import REFERENCE_DIR
-from utils.config import UsageError, knob, require
+from utils.config import INTERRUPT_EXIT, UsageError, knob, require
 from utils.logger import Logger, RunningMeans
 from utils.metrics import compute_pips_metrics, compute_tapvid_metrics, occlusion_accuracy
 from utils.vis import draw_text, draw_tracks, draw_trajs_on_image
@@ -39,6 +40,9 @@ SIZE_MULTIPLE = 32  # the official scripts assert image sides divisible by 32
 # the keys of a result row that are not metrics
 ROW_INFO = ("name", "num_frames", "num_points", "rtime", "itime")
 MAX_GIF_FRAMES = 64  # frames sampled over a video for its TensorBoard gif
+PROGRESS_FILE = "videos.jsonl"  # in log_dir: the config, then one line per video done
+# settings that do not change a video's result, so a resumed run may change them
+FREE_TO_CHANGE = ("resume", "max_videos", "log_gifs")
 
 Metrics = dict[str, float | None]
 # (model, frames, sequence) -> more metrics of that sequence, e.g. the TAP-Vid benchmark's
@@ -74,6 +78,9 @@ class EvalConfig:
     fast: bool = knob(True, "the fast path (float16, fused kernels) on CUDA; CPU always runs exact float32")
     log_dir: str = knob("./logs_eval", "TensorBoard logs and results.json")
     log_gifs: bool = knob(False, "also log tracks on frames to TensorBoard")
+    resume: bool = knob(
+        False, f"go on from the videos an earlier run of this config finished ({PROGRESS_FILE})"
+    )
 
     def __post_init__(self) -> None:
         require(self.S >= 2, "S", "at least 2", self.S)
@@ -134,6 +141,57 @@ class EvalProtocol:
     S: int = 128
     iters: int = 16
     extra: ExtraMetrics | None = None
+
+
+class Progress:
+    """The videos an evaluation has finished: <log_dir>/videos.jsonl holds its config on the first line and
+    then one line per video (its result row, or why it was skipped), written as each ends. With `resume`,
+    the rows of an earlier run of the same config are read back so that only the other videos run; without,
+    the file starts anew with the first video done."""
+
+    def __init__(self, log_dir: str | Path, config: dict[str, Any], resume: bool) -> None:
+        self.path = Path(log_dir) / PROGRESS_FILE
+        self.config = json.loads(json.dumps({k: v for k, v in config.items() if k not in FREE_TO_CHANGE}))
+        self.done: dict[int, dict[str, Any]] = {}
+        self.started = resume and self.path.is_file()
+        if self.started:
+            self._read()
+
+    def _read(self) -> None:
+        lines = self.path.read_text().splitlines()
+        try:
+            earlier = json.loads(lines[0])["config"]
+        except (IndexError, KeyError, TypeError, json.JSONDecodeError):
+            raise ValueError(f"cannot resume from {self.path}: its first line is not a config") from None
+        changed = [k for k in self.config if earlier.get(k) != self.config[k]]
+        if changed:
+            listed = ", ".join(f"--{k} {earlier.get(k)} -> {self.config[k]}" for k in changed)
+            raise UsageError(
+                f"--resume: {self.path} holds videos of another config ({listed}); drop --resume"
+            )
+        for line in lines[1:]:
+            try:
+                entry = json.loads(line)
+                self.done[int(entry["index"])] = entry
+            except (KeyError, TypeError, ValueError, json.JSONDecodeError):
+                break  # a line cut short by a kill: that video runs again
+
+    def record(self, index: int, row: dict[str, Any] | None = None, skipped: str | None = None) -> None:
+        """Adds one video's row, or the reason it was skipped, to the file (durably, before returning)."""
+        entry = (
+            {"index": index, "row": _finite_or_none(row)}
+            if skipped is None
+            else {"index": index, "skipped": skipped}
+        )
+        if not self.started:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"config": self.config}) + "\n")
+            self.started = True
+        with self.path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done[index] = entry
 
 
 def evaluate_sequence(
@@ -225,26 +283,44 @@ def evaluate_dataset(
     num_videos: int | None = None,
     log: Logger | None = None,
     log_gifs: bool = False,
+    progress: Progress | None = None,
 ) -> EvalResults:
     """Evaluate the first `num_videos` sequences of `dataset` (None = all) one by one (evaluate_sequence).
 
     Prints the official line per video (running means over videos) above the progress bars, and logs each
     video's metrics to TensorBoard at step = video index (and its tracks when log_gifs). A sequence that
-    cannot be read (datasets.sample.UnreadableSequence) is skipped with one warning.
+    cannot be read (datasets.sample.UnreadableSequence) is skipped with one warning. With `progress`, each
+    video's outcome is recorded as it ends, and videos it holds from an earlier run are not run again.
     """
     results = EvalResults(skipped=list(getattr(dataset, "skipped", [])))
     num_videos = len(dataset) if num_videos is None else min(num_videos, len(dataset))
+    done = {} if progress is None else {i: e for i, e in progress.done.items() if i < num_videos}
+    if done:
+        tqdm.write(f"going on after {len(done)} of {num_videos} videos done earlier ({progress.path})")
     running = RunningMeans(window=1000)
     for i in tqdm(range(num_videos), desc="videos", unit="video"):
+        if i in done:
+            if "row" in done[i]:
+                results.videos.append(done[i]["row"])
+                running.update(
+                    {k: v for k, v in done[i]["row"].items() if k not in ROW_INFO and v is not None}
+                )
+            else:
+                results.skipped.append(done[i]["skipped"])
+            continue
         try:
             seq = dataset[i]
         except UnreadableSequence as err:
             logger.warning("skipped: %s", err)
             results.skipped.append(str(err))
+            if progress is not None:
+                progress.record(i, skipped=str(err))
             continue
         if not (seq.valids[0] > 0).any():
             logger.warning("video %s has no point valid at frame 0; skipped", seq.name)
             results.skipped.append(f"{seq.name}: no point valid at frame 0")
+            if progress is not None:
+                progress.record(i, skipped=results.skipped[-1])
             continue
         visuals = None
         if log is not None and log_gifs:
@@ -253,6 +329,8 @@ def evaluate_dataset(
                 _log_visuals(log, *args, step=step)
 
         row, _ = evaluate_sequence(model, seq, protocol, visuals)
+        if progress is not None:
+            progress.record(i, row)
         metrics = {k: v for k, v in row.items() if k not in ROW_INFO and v is not None}
         running.update(metrics)
         tqdm.write(
@@ -323,14 +401,27 @@ def evaluate_and_report(dataset: EvalDataset, protocol: EvalProtocol, config: Ev
     """What an evaluation script does with its config: build the model for inference, evaluate_dataset with
     TensorBoard logs in log_dir, then print the table of means and write log_dir/results.json (config, mean,
     skipped sequences, per-video rows)."""
-    checkpoint = None if config.random_weights else config.init_ckpt
-    model = build_model(checkpoint, config.device, fast=config.fast, log=tqdm.write)
     log_dir = Path(config.log_dir)
+    progress = Progress(log_dir, dataclasses.asdict(config), config.resume)
+    checkpoint = None if config.random_weights else config.init_ckpt
+    if checkpoint is None:
+        torch.manual_seed(0)  # one random model for every run, so a resumed run's videos fit the earlier ones
+    model = build_model(checkpoint, config.device, fast=config.fast, log=tqdm.write)
     log = Logger(log_dir)
     try:
         results = evaluate_dataset(
-            model, dataset, protocol, num_videos=config.max_videos, log=log, log_gifs=config.log_gifs
+            model,
+            dataset,
+            protocol,
+            num_videos=config.max_videos,
+            log=log,
+            log_gifs=config.log_gifs,
+            progress=progress,
         )
+    except KeyboardInterrupt:
+        kept = f"{len(progress.done)} video(s) done are kept in {progress.path}"
+        tqdm.write(f"interrupted; {kept}; go on by running the same command with --resume")
+        raise SystemExit(INTERRUPT_EXIT) from None
     finally:
         log.close()
     tqdm.write(results_table(results))
