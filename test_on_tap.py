@@ -39,9 +39,14 @@ TAPVID_SIZE = (256, 256)  # H,W of the space the TAP-Vid metrics are computed in
 
 
 def tapvid_metrics(
-    model: WindowModel, frames: Frames, size: tuple[int, int], seq: EvalSequence, mode: str, S: int,
+    model: WindowModel,
+    frames: Frames,
+    size: tuple[int, int],
+    seq: EvalSequence,
+    mode: str,
+    S: int,
     iters: int,
-) -> Metrics:  # fmt: skip
+) -> Metrics:
     """TAP-Vid metrics of one video in one query mode, in percent. AJ and OA need the visibility head's
     estimate (occluded where its probability of visible is below 0.5); without it they are None."""
     gt_tracks = scale_tracks(seq.trajs, seq.image_hw, size).transpose(1, 0, 2)  # N,T,2

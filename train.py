@@ -45,7 +45,6 @@ from utils.vis import draw_tracks
 log = logging.getLogger("train")
 
 
-
 @dataclass(frozen=True)
 class TrainConfig:
     dataset_location: str = knob(

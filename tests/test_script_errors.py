@@ -131,9 +131,20 @@ def test_corrupt_annotations_stop_neither_export_nor_training_nor_evaluation(tmp
     warning = f"skipping {anno}: not a readable .npz file"
 
     export = run(
-        "export_mp4_dataset.py", "--dataset_location", str(pod_root), "--S", "4", "--N", "8",
-        "--crop_size", "64,64", "--max_clips", "2", "--out_root", str(tmp_path / "export"),
-    )  # fmt: skip
+        "export_mp4_dataset.py",
+        "--dataset_location",
+        str(pod_root),
+        "--S",
+        "4",
+        "--N",
+        "8",
+        "--crop_size",
+        "64,64",
+        "--max_clips",
+        "2",
+        "--out_root",
+        str(tmp_path / "export"),
+    )
     assert export.returncode == 0, export.stderr[-3000:]
     assert "written 2, skipped 0, failed 0" in export.stdout and export.stderr.count(warning) == 1
     assert f"unreadable sequences skipped: 1\n  {anno}: not a readable .npz file" in export.stdout
@@ -142,18 +153,35 @@ def test_corrupt_annotations_stop_neither_export_nor_training_nor_evaluation(tmp
     assert settings["sequences"] == ["seq0", "seq2"] and settings["dataset_location"] == str(pod_root)
 
     train = run(
-        "train.py", *TINY_TRAIN, "--num_workers", "0", "--dataset_location", str(pod_root),
-        "--max_steps", "2", "--log_dir", str(tmp_path / "logs"), "--ckpt_dir", str(tmp_path / "ckpt"),
-    )  # fmt: skip
+        "train.py",
+        *TINY_TRAIN,
+        "--num_workers",
+        "0",
+        "--dataset_location",
+        str(pod_root),
+        "--max_steps",
+        "2",
+        "--log_dir",
+        str(tmp_path / "logs"),
+        "--ckpt_dir",
+        str(tmp_path / "ckpt"),
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     assert re.search(r"step 000002/2; .* steps/s; eta 0:00:00\n", train.stdout)
     assert train.stderr.count(warning) == 1
     assert f"training data: 1 unreadable sequence(s) or clip(s) skipped\n  {anno}" in train.stdout
 
     evaluate = run(
-        "test_on_pod.py", "--dataset_location", str(pod_root), "--dset", "train", *TINY_EVAL,
-        "--random_weights", "--log_dir", str(tmp_path / "eval"),
-    )  # fmt: skip
+        "test_on_pod.py",
+        "--dataset_location",
+        str(pod_root),
+        "--dset",
+        "train",
+        *TINY_EVAL,
+        "--random_weights",
+        "--log_dir",
+        str(tmp_path / "eval"),
+    )
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     assert evaluate.stderr.count(warning) == 1 and "seq2" in evaluate.stdout + evaluate.stderr
 

@@ -222,10 +222,14 @@ def test_on_tap_reports_aj_and_oa_with_a_head(tmp_path: Path) -> None:
     (tmp_path / "tap").mkdir()
     with open(tmp_path / "tap" / "tapvid_davis.pkl", "wb") as f:
         pickle.dump({"clip": {"video": video, "points": points, "occluded": occluded}}, f)
-    test_on_tap.main(test_on_tap.TapConfig(
-        dataset_location=str(tmp_path / "tap"), init_ckpt=str(head_checkpoint(tmp_path / "ckpt")),
-        log_dir=str(tmp_path / "logs"), **TINY,
-    ))  # fmt: skip
+    test_on_tap.main(
+        test_on_tap.TapConfig(
+            dataset_location=str(tmp_path / "tap"),
+            init_ckpt=str(head_checkpoint(tmp_path / "ckpt")),
+            log_dir=str(tmp_path / "logs"),
+            **TINY,
+        )
+    )
     row = read_row(tmp_path / "logs" / "results.json")
     for mode in ("first", "strided"):
         assert 0 <= row[f"tapvid_{mode}/average_jaccard"] <= 100

@@ -117,9 +117,14 @@ def _to_uint8_frames(rgbs: torch.Tensor) -> np.ndarray:
 
 
 def _log_visuals(
-    log: Logger, frames: Frames, trajs_g: np.ndarray, valids: np.ndarray, trajs_e: np.ndarray, d_avg: float,
+    log: Logger,
+    frames: Frames,
+    trajs_g: np.ndarray,
+    valids: np.ndarray,
+    trajs_e: np.ndarray,
+    d_avg: float,
     step: int,
-) -> None:  # fmt: skip
+) -> None:
     """Tracks on frame 0 (ground truth and estimate) and a gif of the estimate over sampled frames."""
     T = frames.num_frames
     rgb0 = _to_uint8_frames(frames.get(0, 1))[0]  # H,W,3

@@ -163,8 +163,10 @@ class ImageFiles(Frames):
         for path in self.paths[start:end]:
             frame = read_image(path)  # H,W,3
             if frame.shape != (self.height, self.width, 3):
-                raise ValueError(f"image {path} is {frame.shape[1]}x{frame.shape[0]}, unlike the first image "
-                                 f"({self.width}x{self.height})")  # fmt: skip
+                raise ValueError(
+                    f"image {path} is {frame.shape[1]}x{frame.shape[0]}, unlike the first image "
+                    f"({self.width}x{self.height})"
+                )
             frames.append(frame)
         self.frames_read += len(frames)
         return np.stack(frames)  # T,H,W,3
@@ -227,8 +229,11 @@ class VideoFileFrames(Frames):
     def _ended_early(self) -> None:
         logger.warning(
             "%s: the container announces %d frames but only %d decode; the tracks cover %d frames",
-            self.path, self.announced, self._decoded, self._decoded,
-        )  # fmt: skip
+            self.path,
+            self.announced,
+            self._decoded,
+            self._decoded,
+        )
         self.num_frames = self._decoded
 
     def _check_longer(self) -> None:
@@ -236,8 +241,10 @@ class VideoFileFrames(Frames):
         if not self.limited and next(self._decoder, None) is not None:
             logger.warning(
                 "%s: the container announces %d frames but more decode; only the first %d are read",
-                self.path, self.announced, self.announced,
-            )  # fmt: skip
+                self.path,
+                self.announced,
+                self.announced,
+            )
         self.limited = True  # asked once
 
     def _cached(self, start: int, end: int) -> np.ndarray:
@@ -249,8 +256,10 @@ class VideoFileFrames(Frames):
     def _read(self, start: int, end: int) -> np.ndarray:
         held_start = self._decoded - len(self._held)
         if start < held_start and self._store is None:
-            raise ValueError(f"{self.path}: frame {start} was read and dropped; open it with cache=True to "
-                             "read windows backward")  # fmt: skip
+            raise ValueError(
+                f"{self.path}: frame {start} was read and dropped; open it with cache=True to "
+                "read windows backward"
+            )
         previous = start if self._last_start is None else self._last_start
         self._held_from, self._last_start = min(previous, start), start
         self._decode_until(end)
@@ -303,8 +312,9 @@ def open_frames(
         return ArrayFrames(video[:max_frames], **common)
     if isinstance(video, Sequence) and video and all(isinstance(p, (str, Path)) for p in video):
         return ImageFiles(list(video)[:max_frames], **common)
-    raise ValueError(f"video must be T,H,W,3 (numpy or torch), a path or a list of image paths, "
-                     f"got {_describe(video)}")  # fmt: skip
+    raise ValueError(
+        f"video must be T,H,W,3 (numpy or torch), a path or a list of image paths, got {_describe(video)}"
+    )
 
 
 def _describe(video: object) -> str:
