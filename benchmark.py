@@ -448,7 +448,7 @@ def measure_video(tracker: PipsTracker, path: Path, T: int, where: str) -> dict:
 def run_videos(lengths: list[int], device: torch.device, seed: int, progress: tqdm) -> list[dict]:
     torch.manual_seed(seed)
     tracker = PipsTracker(
-        build_model(None, device, fast=False), S=16, iters=1, image_size=VIDEO_SIZE, fast=False
+        build_model(None, device, fast=False), S=16, iters=1, image_size=VIDEO_SIZE
     )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

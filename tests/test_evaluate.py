@@ -44,7 +44,7 @@ class StillModel(torch.nn.Module):
         self.windows: list[torch.Tensor] = []
         self.iters: list[int] = []
 
-    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None) -> PipsOutput:
         self.inits.append(trajs_e0.clone())
         self.windows.append(rgbs.clone())
         self.iters.append(iters)
@@ -54,7 +54,7 @@ class StillModel(torch.nn.Module):
         vis = torch.full((B, S, N), 5.0)
         vis[:, :, 1] = torch.where(frame >= 4, -5.0, 5.0)
         feats = tuple(torch.zeros(B, S, N, 1) for _ in range(3))
-        return PipsOutput(coords, [coords], feats, [coords], vis=vis)
+        return PipsOutput(coords, [coords], feats, vis=vis)
 
 
 def ramp_sequence(T: int = 5) -> EvalSequence:

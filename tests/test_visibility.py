@@ -261,9 +261,9 @@ def test_frame0_jaccard_by_hand() -> None:
 class StartRecorder(torch.nn.Module):
     """Stands in for Pips: returns its initial tracks and remembers them."""
 
-    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None) -> PipsOutput:
         self.start = trajs_e0.clone()
-        return PipsOutput(trajs_e0, [trajs_e0], (), [trajs_e0])
+        return PipsOutput(trajs_e0, [trajs_e0], ())
 
 
 def test_head_only_training_starts_tracks_from_zero_velocity_as_inference_does(clip: tuple) -> None:
