@@ -46,7 +46,8 @@ class Pips(nn.Module):
     With vis_head=True a small delta block (prefix vis_head.*) reads the correlations at the final tracks,
     their motion and their distance to the frame's edge (a point outside the frame is not visible), and gives
     per frame and point a visibility logit and a confidence logit (is the track within a few pixels?). It runs
-    after the refinement, so the tracks are those of the same backbone without it.
+    after the refinement on inputs that carry no gradient, so the tracks are those of the same backbone
+    without it and its loss trains the head alone.
     """
 
     def __init__(
@@ -217,9 +218,10 @@ class Pips(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The visibility head at the final coords B,S,N,2 (feature pixels) of frames whose feature map is
         `size` (H8,W8) -> visibility and confidence logits, B,S,N each."""
-        coords = coords.detach()
-        fcorrs = corr.sample_concat(feats, coords)  # B,S,N,3LRR
-        fcorrs = torch.cat([fcorrs, self.edge_distance(coords, size)], -1)  # B,S,N,3LRR+1
+        coords = coords.detach()  # the head's inputs carry no gradient: its loss trains the head alone
+        with torch.no_grad():
+            fcorrs = corr.sample_concat(feats, coords)  # B,S,N,3LRR
+            fcorrs = torch.cat([fcorrs, self.edge_distance(coords, size)], -1)  # B,S,N,3LRR+1
         return self._run_block(self.vis_head, fcorrs, coords).unbind(-1)
 
     def edge_distance(self, coords: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
