@@ -13,7 +13,7 @@ import torch
 import tracking.evaluate
 from datasets.sample import EvalSequence, UnreadableSequence
 from nets.pips2 import PipsOutput
-from nets.tracker import Tracks
+from nets.tracker import VideoTracks
 from tracking.evaluate import (
     EvalConfig,
     EvalProtocol,
@@ -427,7 +427,7 @@ def test_visibility_metrics_at_the_thresholds_by_hand() -> None:
     valids[1, 5] = 0
     vis = torch.full((1, 2, 6), 3.0)
     vis[0, 1, 4] = 0.0  # sigmoid: exactly 0.5
-    metrics = visibility_metrics(Tracks(tracks, vis), trajs_g, visibs, valids, size)
+    metrics = visibility_metrics(VideoTracks(tracks, vis), trajs_g, visibs, valids, size)
     # valid entries at frame 1: four at exactly 1 (not within 1) and point 4 exact: d_1 20, d_2..d_16 100
     assert metrics["d_avg"] == pytest.approx((20 + 4 * 100) / 5)
     assert metrics["d_avg_visible"] == pytest.approx(80.0) and metrics["d_avg_occluded"] == 100.0

@@ -139,7 +139,8 @@ def check_queries(queries: np.ndarray | torch.Tensor | Sequence, T: int, H: int,
 
 
 class Prediction(NamedTuple):
-    """Tracks of a video, in its pixels, with the visibility head's estimates where the model has one."""
+    """What PipsTracker.predict gives: tracks in the video's own pixels, with the visibility head's
+    estimates as probabilities where the model has one."""
 
     tracks: np.ndarray | torch.Tensor  # T,N,2 x,y pixels
     visibility: np.ndarray | torch.Tensor | None  # T,N probability that the point is visible (None: no head)
