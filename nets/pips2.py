@@ -77,7 +77,8 @@ class Pips(nn.Module):
 
     @property
     def precision(self) -> Precision:
-        """The exact path (the default) or the fast path (see set_fast)."""
+        """The exact path (the default) or the fast path (see set_fast); setting it also lays out the encoder
+        and switches the norms to match."""
         return self._precision
 
     @precision.setter
@@ -195,8 +196,8 @@ class Pips(nn.Module):
         self, fmaps: torch.Tensor, corr: CorrBlock, coords: torch.Tensor, feats: Feats, iters: int
     ) -> tuple[list[torch.Tensor], torch.Tensor, Feats]:
         """`iters` delta updates of coords B,S,N,2 (feature pixels) -> (each iteration's prediction B,S,N,2
-        in pixels, the final coords with frame 0 locked, the templates). Each iteration re-samples the
-        templates 2 and 4 frames earlier at the current estimate (after the first: those of feat_init)."""
+        in pixels, the final coords with frame 0 locked, the templates). From the second iteration on, the
+        templates 2 and 4 frames earlier are re-sampled at the current estimate."""
         S = coords.shape[1]
         coords0 = coords[:, :1].clone()  # B,1,N,2
         frames = torch.arange(S, device=fmaps.device)  # S
