@@ -146,7 +146,7 @@ def main(cfg: DemoConfig) -> None:
     if cfg.random_weights:
         torch.manual_seed(0)
     model = build_model(None if cfg.random_weights else cfg.init_ckpt, cfg.device, fast=cfg.fast, log=print)
-    tracker = PipsTracker(model, S=cfg.S, iters=cfg.iters, image_size=cfg.image_size, fast=cfg.fast)
+    tracker = PipsTracker(model, S=cfg.S, iters=cfg.iters, image_size=cfg.image_size)
     # each distinct query frame is a forward and a backward pass that together track T-1 frames
     total = (T - 1) * len(query_rows[:, 0].unique())
     began = time.perf_counter()

@@ -15,18 +15,18 @@ import torch
 
 from nets.pips2 import Pips
 from tracking.predictor import PipsTracker, build_model
-from utils.checkpoint import latest_checkpoint
+from utils import checkpoint
 
 dependencies = ["cv2", "einops", "imageio", "imageio_ffmpeg", "numpy", "torch"]
 
 REPO_DIR = Path(__file__).resolve().parent
-REFERENCE_DIR = REPO_DIR / "reference_model"
+REFERENCE_DIR = REPO_DIR / checkpoint.REFERENCE_DIR
 DOWNLOAD_SCRIPT = REPO_DIR / "get_reference_model.sh"
 
 
 def _reference_dir() -> Path:
     """REFERENCE_DIR, after downloading the reference model into it if it holds no checkpoint."""
-    if latest_checkpoint(REFERENCE_DIR) is None:
+    if checkpoint.latest_checkpoint(REFERENCE_DIR) is None:
         result = subprocess.run(["bash", str(DOWNLOAD_SCRIPT)], capture_output=True, text=True)
         if result.returncode != 0:
             lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
@@ -45,10 +45,10 @@ def pips2(pretrained: bool = False, vis_head: bool | None = None) -> Pips:
 
 
 def pips2_tracker(
-    pretrained: bool = True, device: torch.device | str | None = None, **kwargs: Any
+    pretrained: bool = True, device: torch.device | str | None = None, fast: bool = True, **kwargs: Any
 ) -> PipsTracker:
-    """A PipsTracker (tracking/predictor.py) on `device` (None = best available); kwargs: S, iters,
-    image_size, fast. `tracker.predict(...)` gives visibility and confidence beside the tracks where the
-    weights have a visibility head."""
-    model = build_model(_reference_dir() if pretrained else None, "" if device is None else device)
+    """A PipsTracker (tracking/predictor.py) on `device` (None = best available), on the fast path where it
+    pays unless `fast` is False; kwargs: S, iters, image_size. `tracker.predict(...)` gives visibility and
+    confidence beside the tracks where the weights have a visibility head."""
+    model = build_model(_reference_dir() if pretrained else None, "" if device is None else device, fast=fast)
     return PipsTracker(model, **kwargs)

@@ -586,7 +586,7 @@ def main(cfg: TrainConfig) -> None:
         print(parameter_table(model))
         run_log.mkdir(parents=True, exist_ok=True)
         (run_log / "config.yaml").write_text(to_yaml(cfg))
-        precision = " (fast path, bf16)" if model.fast and model.fast_dtype != torch.float32 else ""
+        precision = " (fast path, bf16)" if model.precision.dtype != torch.float32 else ""
         print(
             f"run {cfg.run_name}: {'resuming at step ' + str(start) if cfg.resume else 'new'}; "
             f"device {info.device}{precision}; {info.world_size} process(es)"

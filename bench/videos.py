@@ -76,7 +76,7 @@ def video_rows(lengths: tuple[int, ...], device: torch.device, seed: int) -> Gen
     """Two rows per length (queries at the last frame, then at the first), each as it ends."""
     torch.manual_seed(seed)
     model = build_model(None, device, fast=False)
-    tracker = PipsTracker(model, S=16, iters=1, image_size=VIDEO_SIZE, fast=False)
+    tracker = PipsTracker(model, S=16, iters=1, image_size=VIDEO_SIZE)
     with tempfile.TemporaryDirectory() as tmp, tqdm(total=2 * len(lengths), desc="videos") as progress:
         warmup = Path(tmp) / "warmup.mp4"
         long_video(warmup, 20, seed)

@@ -46,7 +46,9 @@ class SequenceInfo:
 
 
 @dataclass
-class Tracks:
+class TrackAnnotations:
+    """The ground-truth tracks of a sequence, as stored."""
+
     trajs: np.ndarray  # S,N,2 float32, x,y pixels
     visibs: np.ndarray  # S,N float32
     valids: np.ndarray  # S,N float32
@@ -153,7 +155,7 @@ def list_sequences(dataset_location: str | Path, dset: str) -> SplitIndex:
     return SplitIndex(sequences, skipped)
 
 
-def load_tracks(seq: SequenceInfo, frame_ids: np.ndarray | None = None) -> Tracks:
+def load_tracks(seq: SequenceInfo, frame_ids: np.ndarray | None = None) -> TrackAnnotations:
     """Tracks of frames `frame_ids` (default all), float32, exactly as stored (non-finite kept).
     v1.0 visibilities v map to valids = (v < 2), visibs = (v == 1). UnreadableSequence when the file
     cannot be read."""
@@ -167,8 +169,8 @@ def load_tracks(seq: SequenceInfo, frame_ids: np.ndarray | None = None) -> Track
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
         raise UnreadableSequence(f"cannot read {seq.anno_path} ({err})") from err
     if valids is None:
-        return Tracks(trajs, (vis == 1).astype(np.float32), (vis < 2).astype(np.float32))
-    return Tracks(trajs, vis, valids)
+        return TrackAnnotations(trajs, (vis == 1).astype(np.float32), (vis < 2).astype(np.float32))
+    return TrackAnnotations(trajs, vis, valids)
 
 
 def _imread(path: Path, flags: int) -> np.ndarray:
@@ -184,12 +186,12 @@ def load_rgbs(paths: Sequence[Path], frame_ids: Sequence[int] | np.ndarray | Non
     return np.stack([read_image(p) for p in chosen])  # S,H,W,3
 
 
-def invalidate_nonfinite(tracks: Tracks) -> Tracks:
+def invalidate_nonfinite(tracks: TrackAnnotations) -> TrackAnnotations:
     """Non-finite coordinates become 0 and their (t,n) entries invisible and invalid."""
     bad = ~np.isfinite(tracks.trajs).all(-1)  # S,N
     trajs = np.where(bad[..., None], 0, tracks.trajs).astype(np.float32)
     keep = (~bad).astype(np.float32)
-    return Tracks(trajs, tracks.visibs * keep, tracks.valids * keep)
+    return TrackAnnotations(trajs, tracks.visibs * keep, tracks.valids * keep)
 
 
 def outside(trajs: np.ndarray, lo: float, hi_x: float, hi_y: float) -> np.ndarray:

@@ -60,9 +60,19 @@ if triton is not None:
 
     @triton.jit
     def _load_window(
-        fmap_ptr, coords_ptr, row, N, H, W, C, scale,
-        R: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-    ):  # fmt: skip
+        fmap_ptr,
+        coords_ptr,
+        row,
+        N,
+        H,
+        W,
+        C,
+        scale,
+        R: tl.constexpr,
+        BLOCK_Q: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
         """Window features Q,C (zero outside the map), blend weights P,Q, and their offsets and mask."""
         K = 2 * R + 2
         D = 2 * R + 1
@@ -96,10 +106,25 @@ if triton is not None:
 
     @triton.jit
     def _corr_fwd_kernel(
-        fmap_ptr, targets_ptr, coords_ptr, out_ptr, N, H, W, C, BSN, scale, inv_sqrt_c, out_col,
-        R: tl.constexpr, T: tl.constexpr, OUT_T: tl.constexpr,
-        BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-    ):  # fmt: skip
+        fmap_ptr,
+        targets_ptr,
+        coords_ptr,
+        out_ptr,
+        N,
+        H,
+        W,
+        C,
+        BSN,
+        scale,
+        inv_sqrt_c,
+        out_col,
+        R: tl.constexpr,
+        T: tl.constexpr,
+        OUT_T: tl.constexpr,
+        BLOCK_Q: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
         row = tl.program_id(0)
         feats, blend, _, _ = _load_window(
             fmap_ptr, coords_ptr, row, N, H, W, C, scale, R, BLOCK_Q, BLOCK_P, BLOCK_C
@@ -116,11 +141,27 @@ if triton is not None:
 
     @triton.jit
     def _corr_bwd_kernel(
-        fmap_ptr, targets_ptr, coords_ptr, grad_out_ptr, grad_fmap_ptr, grad_targets_ptr,
-        N, H, W, C, BSN, scale, inv_sqrt_c, out_col,
-        R: tl.constexpr, T: tl.constexpr, OUT_T: tl.constexpr,
-        BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-    ):  # fmt: skip
+        fmap_ptr,
+        targets_ptr,
+        coords_ptr,
+        grad_out_ptr,
+        grad_fmap_ptr,
+        grad_targets_ptr,
+        N,
+        H,
+        W,
+        C,
+        BSN,
+        scale,
+        inv_sqrt_c,
+        out_col,
+        R: tl.constexpr,
+        T: tl.constexpr,
+        OUT_T: tl.constexpr,
+        BLOCK_Q: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
         row = tl.program_id(0)
         feats, blend, offsets, mask = _load_window(
             fmap_ptr, coords_ptr, row, N, H, W, C, scale, R, BLOCK_Q, BLOCK_P, BLOCK_C
@@ -157,10 +198,26 @@ def _launch(
     _, H, W, _ = level.shape
     P = (2 * radius + 1) ** 2
     kernel[(BS * N,)](
-        level, targets, coords, *buffers, N, H, W, C, BS * N, 1.0 / 2**index, 1.0 / math.sqrt(C), index * P,
-        R=radius, T=T, OUT_T=num_levels * P, BLOCK_Q=triton.next_power_of_2((2 * radius + 2) ** 2),
-        BLOCK_P=triton.next_power_of_2(P), BLOCK_C=triton.next_power_of_2(C), num_warps=8,
-    )  # fmt: skip
+        level,
+        targets,
+        coords,
+        *buffers,
+        N,
+        H,
+        W,
+        C,
+        BS * N,
+        1.0 / 2**index,
+        1.0 / math.sqrt(C),
+        index * P,
+        R=radius,
+        T=T,
+        OUT_T=num_levels * P,
+        BLOCK_Q=triton.next_power_of_2((2 * radius + 2) ** 2),
+        BLOCK_P=triton.next_power_of_2(P),
+        BLOCK_C=triton.next_power_of_2(C),
+        num_warps=8,
+    )
 
 
 class _FusedCorr(torch.autograd.Function):
@@ -184,9 +241,17 @@ class _FusedCorr(torch.autograd.Function):
         for i, level in enumerate(levels):  # each launch adds its level's share into grad_targets
             grad_level = torch.zeros(level.shape, device=level.device, dtype=torch.float32)
             _launch(
-                _corr_bwd_kernel, level, i, len(levels), ctx.radius, targets, coords,
-                grad_out, grad_level, grad_targets,
-            )  # fmt: skip
+                _corr_bwd_kernel,
+                level,
+                i,
+                len(levels),
+                ctx.radius,
+                targets,
+                coords,
+                grad_out,
+                grad_level,
+                grad_targets,
+            )
             grad_levels.append(grad_level.to(level.dtype))
         return grad_targets.to(targets.dtype), None, None, *grad_levels
 

@@ -13,7 +13,7 @@ def sequence_loss(
     """Exponentially weighted L1 over the per-iteration predictions.
 
     Args:
-        coords: n predictions, each B,S,N,2 in pixels (Pips' `coords[:-1]`).
+        coords: n predictions, each B,S,N,2 in pixels, first to last iteration (PipsOutput.preds).
         trajs_g: B,S,N,2 ground truth in pixels.
         valids: B,S,N; occluded points are supervised too, as in the official model.
         gamma: weight of prediction i is gamma^(n-1-i).

@@ -35,8 +35,9 @@ class WindowModel(Protocol):
     ) -> PipsOutput: ...
 
 
-class Tracks(NamedTuple):
-    """What tracking a video gives: positions, and the visibility head's logits where the model has one."""
+class VideoTracks(NamedTuple):
+    """What tracking a video gives, in the pixels of the frames the model saw: positions, and the visibility
+    head's logits where the model has one."""
 
     tracks: torch.Tensor  # B,T,N,2 pixels
     vis: torch.Tensor | None = None  # B,T,N visibility logits
@@ -75,7 +76,7 @@ def track_from_first_frame(
     S: int = 128,
     iters: int = 16,
     progress: Progress | None = None,
-) -> Tracks:
+) -> VideoTracks:
     """Track points given at frame 0 of `source` through all its frames (the official chaining).
 
     Windows of S frames overlap by one frame; the last window is shifted back to end at the last frame.
@@ -86,7 +87,7 @@ def track_from_first_frame(
         xy: B,N,2 query positions (x, y pixels of the source's frames) at frame 0.
         progress: called with the number of new frames covered after each window.
     Returns:
-        Tracks: B,T,N,2 positions in pixels (and B,T,N logits where the model has a visibility head),
+        VideoTracks: B,T,N,2 positions in pixels (and B,T,N logits where the model has a visibility head),
         T = the frames the source turned out to hold.
     """
     if S < 2:
@@ -120,7 +121,7 @@ def track_from_first_frame(
         if end >= T:
             break
         cur += S - 1
-    return Tracks(trajs, logits.get("vis"), logits.get("conf"))
+    return VideoTracks(trajs, logits.get("vis"), logits.get("conf"))
 
 
 def track(
@@ -130,7 +131,7 @@ def track(
     S: int = 128,
     iters: int = 16,
     progress: Progress | None = None,
-) -> Tracks:
+) -> VideoTracks:
     """Track query points that may start at any frame, forward and backward in time.
 
     Query frames are taken in increasing order; each is one forward pass (to the last frame) and, after
@@ -141,8 +142,8 @@ def track(
         progress: called with the number of newly tracked frames after each window of either pass, so the
             total over a call is (T - 1) * (number of distinct query frames).
     Returns:
-        Tracks: B,T,N,2 positions (and B,T,N logits with a visibility head); at each query's own frame the
-        track equals the query position.
+        VideoTracks: B,T,N,2 positions (and B,T,N logits with a visibility head); at each query's own frame
+        the track equals the query position.
     """
     B, N, _ = queries.shape
     T = source.num_frames
@@ -178,5 +179,5 @@ def track(
             result[i] = result[i][:, : seg.shape[1]]  # a video that ended early keeps the frames that exist
             result[i][b_idx, :, order[b_idx, j_idx]] = seg[b_idx, :, j_idx]
     if result is None:  # no query
-        return Tracks(queries.new_zeros(B, T, 0, 2))
-    return Tracks(*result)
+        return VideoTracks(queries.new_zeros(B, T, 0, 2))
+    return VideoTracks(*result)

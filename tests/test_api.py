@@ -8,6 +8,7 @@ import torch
 
 import tracking.predictor
 from nets.pips2 import Pips, PipsOutput
+from nets.precision import EXACT, Precision
 from tracking.frames import VideoFileFrames
 from tracking.predictor import Float16Guard, PipsTracker, build_model, check_queries, grid_queries
 from utils.checkpoint import save
@@ -38,25 +39,25 @@ class ShiftModel(torch.nn.Module):
         self.frame_sizes: set[tuple[int, int]] = set()
         self.calls = 0
 
-    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None) -> PipsOutput:
         self.frame_sizes.add(tuple(rgbs.shape[-2:]))
         self.calls += 1
         coords = trajs_e0.clone()
         coords[:, 1:] += self.shift
         B, S, N, _ = trajs_e0.shape
         feats = tuple(torch.zeros(B, S, N, 4) for _ in range(3))
-        return PipsOutput(coords, [coords], feats, [coords])
+        return PipsOutput(coords, [coords], feats)
 
 
 class BrightnessModel(ShiftModel):
     """Moves points by each frame's mean brightness at the model's resolution, so the tracks change if
     any frame reaching the model differs (decoding, resizing, time order)."""
 
-    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
-        out = super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None) -> PipsOutput:
+        out = super().forward(trajs_e0, rgbs, iters, feat_init)
         coords = out.tracks + rgbs.mean(dim=(2, 3, 4))[:, :, None, None] / 50  # B,S,N,2
         coords[:, 0] = trajs_e0[:, 0]
-        return PipsOutput(coords, [coords], out.feats, [coords])
+        return PipsOutput(coords, [coords], out.feats)
 
 
 def textured_video(T: int = 24, H: int = 96, W: int = 128) -> np.ndarray:
@@ -213,7 +214,8 @@ def test_bad_calls() -> None:
 def test_from_checkpoint(plain_checkpoint, tmp_path, monkeypatch) -> None:
     model, path = plain_checkpoint
     tracker = PipsTracker.from_checkpoint(path.parent, device="cpu", S=8, iters=2, image_size=(64, 64))
-    assert (tracker.S, tracker.iters, tracker.image_size, tracker.fast) == (8, 2, (64, 64), False)
+    assert (tracker.S, tracker.iters, tracker.image_size) == (8, 2, (64, 64))
+    assert tracker.model.precision == EXACT  # the fast path does not pay on the CPU
     assert same_weights(tracker.model, model) and tracker.model.stride == 8
     with pytest.raises(FileNotFoundError, match="get_reference_model.sh"):
         PipsTracker.from_checkpoint(tmp_path / "missing", device="cpu")
@@ -227,20 +229,18 @@ def test_from_checkpoint(plain_checkpoint, tmp_path, monkeypatch) -> None:
         PipsTracker.from_checkpoint(device="cpu")
 
 
-def test_fast_switch_on_cpu() -> None:
-    model = Pips().set_fast(True)
-    assert PipsTracker(model).fast is False and model.fast  # None leaves the model's own choice
-    PipsTracker(model, fast=False)
-    assert not model.fast
-    PipsTracker(model, fast=True)  # bf16 needs CUDA: the exact path stays
-    assert not model.fast
+def test_the_tracker_runs_the_model_in_its_own_precision() -> None:
+    for precision in (EXACT, Precision(True, torch.bfloat16)):
+        model = Pips()
+        model.precision = precision
+        assert PipsTracker(model).model.precision == precision
 
 
 class HeadModel(ShiftModel):
     """ShiftModel with a visibility head: visibility logits 2 (frame index even) or -1, confidence 0.5."""
 
-    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
-        out = super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None) -> PipsOutput:
+        out = super().forward(trajs_e0, rgbs, iters, feat_init)
         B, S, N, _ = trajs_e0.shape
         frame = (rgbs[:, :, 0, 0, 0] / 10).round()  # B,S
         vis = torch.where(frame % 2 == 0, 2.0, -1.0)[..., None].expand(B, S, N)
@@ -265,17 +265,18 @@ def test_predict_gives_visibility_and_confidence_as_probabilities() -> None:
 
 
 class HalfModel(ShiftModel):
-    """Overflows (NaN tracks) unless asked for float32, like a float16 window that overflows."""
+    """Overflows (NaN tracks) unless its precision is float32, like a float16 window that overflows."""
 
-    def __init__(self, fast_dtype: torch.dtype) -> None:
+    def __init__(self, dtype: torch.dtype) -> None:
         super().__init__()
-        self.fast_dtype = fast_dtype
-        self.dtypes: list[torch.dtype | None] = []
+        self.precision = Precision(True, dtype)
+        self.dtypes: list[torch.dtype] = []
 
-    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False, dtype=None) -> PipsOutput:
-        self.dtypes.append(dtype)
-        out = super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
-        return out if dtype == torch.float32 else out._replace(tracks=out.tracks * float("nan"))
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None) -> PipsOutput:
+        self.dtypes.append(self.precision.dtype)
+        out = super().forward(trajs_e0, rgbs, iters, feat_init)
+        overflow = self.precision.dtype != torch.float32
+        return out._replace(tracks=out.tracks * float("nan")) if overflow else out
 
 
 def test_float16_guard_redoes_an_overflowing_window_in_float32() -> None:
@@ -283,13 +284,13 @@ def test_float16_guard_redoes_an_overflowing_window_in_float32() -> None:
     model = HalfModel(torch.float16)
     with pytest.warns(UserWarning, match="float16 overflowed in a window; that window is redone in float32"):
         out = Float16Guard(model)(e0, rgbs, iters=1)
-    assert model.dtypes == [None, torch.float32] and torch.isfinite(out.tracks).all()
-    for other in (torch.bfloat16, torch.float32):  # only float16 windows are redone
-        model = HalfModel(other)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            assert torch.isnan(Float16Guard(model)(e0, rgbs, iters=1).tracks).all()
-        assert model.dtypes == [None]
+    assert model.dtypes == [torch.float16, torch.float32] and torch.isfinite(out.tracks).all()
+    assert model.precision == Precision(True, torch.float16)  # the next window tries float16 again
+    model = HalfModel(torch.bfloat16)  # only float16 windows are redone
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.isnan(Float16Guard(model)(e0, rgbs, iters=1).tracks).all()
+    assert model.dtypes == [torch.bfloat16]
     model = ShiftModel()  # finite tracks: one call, whatever the model
     Float16Guard(model)(e0, rgbs, iters=1)
     assert model.calls == 1
@@ -299,50 +300,27 @@ def test_build_model_for_each_job(plain_checkpoint, monkeypatch) -> None:
     _, path = plain_checkpoint
     lines = []
     model = build_model(None, "cpu", log=lines.append)
-    assert lines == ["model: random weights on cpu"] and not model.training and not model.fast
+    assert lines == ["model: random weights on cpu"] and not model.training and model.precision == EXACT
     model = build_model(path.parent, torch.device("cpu"), job="train", log=lines.append)
     assert lines[-1] == f"model: {path} (step 7) on cpu" and model.training
     with pytest.raises(ValueError, match="job must be one of \\('infer', 'train'\\), got 'eval'"):
         build_model(None, "cpu", job="eval")
     asked = []
 
-    def fake_fast_dtype(device, fast=True, training=False):  # as on a GPU
+    def fake_choose_precision(device, fast=True, training=False):  # as on a GPU
         asked.append((device.type, fast, training))
-        return (torch.bfloat16 if training else torch.float16) if fast else None
+        return Precision(True, torch.bfloat16 if training else torch.float16) if fast else EXACT
 
-    monkeypatch.setattr(tracking.predictor, "fast_dtype", fake_fast_dtype)
+    monkeypatch.setattr(tracking.predictor, "choose_precision", fake_choose_precision)
     model = build_model(path, "cpu", log=lines.append)
     assert lines[-1] == f"model: {path} (step 7) on cpu, fast path (float16)"
-    assert model.fast_dtype == torch.float16
+    assert model.precision == Precision(True, torch.float16)
+    assert model.fnet.conv2.weight.is_contiguous(memory_format=torch.channels_last)
     model = build_model(path, "cpu", job="train", log=lines.append)
     assert lines[-1] == f"model: {path} (step 7) on cpu, fast path (bfloat16)" and model.training
     model = build_model(path, "cpu", fast=False, log=lines.append)
-    assert lines[-1] == f"model: {path} (step 7) on cpu" and not model.fast
+    assert lines[-1] == f"model: {path} (step 7) on cpu" and model.precision == EXACT
     assert asked == [("cpu", True, False), ("cpu", True, True), ("cpu", False, False)]
-
-
-class FastSwitch(ShiftModel):
-    def __init__(self) -> None:
-        super().__init__()
-        self.switched: list[tuple[bool, torch.dtype | None]] = []
-
-    def set_fast(self, enabled: bool, dtype: torch.dtype | None = None) -> "FastSwitch":
-        self.switched.append((enabled, dtype))
-        return self
-
-
-def test_tracker_fast_path_choice(monkeypatch) -> None:
-    monkeypatch.setattr(
-        tracking.predictor,
-        "fast_dtype",
-        lambda device, fast=True, training=False: torch.float16 if fast else None,
-    )
-    model = FastSwitch()
-    assert PipsTracker(model).fast and model.switched == [(True, torch.float16)]  # None: on where it pays
-    assert not PipsTracker(model, fast=False).fast and model.switched[-1] == (False, None)
-    monkeypatch.setattr(tracking.predictor, "fast_dtype", lambda device, fast=True, training=False: None)
-    PipsTracker(model)  # None and nothing to gain: the model is left as it is
-    assert len(model.switched) == 2
 
 
 def test_tracker_settings_are_checked() -> None:
@@ -372,36 +350,36 @@ def test_grid_queries_checks() -> None:
 
 
 class CallLog(ShiftModel):
-    """ShiftModel that records the iterations, templates and precision of each call, and overflows unless
-    asked for float32 when its fast_dtype is float16."""
+    """ShiftModel that records the iterations, templates and autocast dtype of each call, and overflows
+    when that dtype is float16."""
 
-    def __init__(self, fast_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, precision: Precision = EXACT) -> None:
         super().__init__()
-        self.fast_dtype = fast_dtype
+        self.precision = precision
         self.seen: list[tuple] = []
 
-    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False, dtype=None) -> PipsOutput:
-        self.seen.append((iters, feat_init, dtype))
-        out = super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
-        overflow = self.fast_dtype == torch.float16 and dtype != torch.float32
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None) -> PipsOutput:
+        self.seen.append((iters, feat_init, self.precision.dtype))
+        out = super().forward(trajs_e0, rgbs, iters, feat_init)
+        overflow = self.precision.dtype == torch.float16
         return out._replace(tracks=out.tracks * float("nan")) if overflow else out
 
 
 def test_float16_guard_passes_the_window_on() -> None:
     e0, rgbs = torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 3, 8, 8)
     feats = tuple(torch.full((1, 3, 2, 1), float(i)) for i in range(3))
-    model = CallLog(torch.float16)
+    model = CallLog(Precision(True, torch.float16))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         Float16Guard(model)(e0, rgbs, iters=5, feat_init=feats)
-    assert model.seen == [(5, feats, None), (5, feats, torch.float32)]
+    assert model.seen == [(5, feats, torch.float16), (5, feats, torch.float32)]
     assert [str(w.message) for w in caught] == [
         "float16 overflowed in a window; that window is redone in float32"
     ]
     assert not caught[0].filename.endswith("predictor.py")  # it points at the caller, not at the guard
     model = CallLog()
     Float16Guard(model)(e0, rgbs, iters=2, feat_init=feats)
-    assert model.seen == [(2, feats, None)]
+    assert model.seen == [(2, feats, torch.float32)]
 
 
 def test_queries_on_the_frame_border_are_inside() -> None:
@@ -466,18 +444,19 @@ def test_trackers_run_where_they_are_put(plain_checkpoint, monkeypatch) -> None:
     assert (default.S, default.iters, default.image_size) == (64, 16, (512, 896))
     asked = []
 
-    def fake_fast_dtype(device, fast=True, training=False):  # noqa: ANN202
+    def fake_choose_precision(device, fast=True, training=False):  # noqa: ANN202
         asked.append((device.type, fast, training))
+        return EXACT
 
-    monkeypatch.setattr(tracking.predictor, "fast_dtype", fake_fast_dtype)
+    monkeypatch.setattr(tracking.predictor, "choose_precision", fake_choose_precision)
     _, path = plain_checkpoint
     tracker = PipsTracker.from_checkpoint(path, device="meta")
     assert (tracker.S, tracker.iters, tracker.device) == (64, 16, torch.device("meta"))
     assert next(tracker.model.parameters()).device == torch.device("meta")
-    assert asked == [("meta", True, False), ("meta", True, False)]  # build_model, then the tracker
+    assert asked == [("meta", True, False)]  # decided once, by build_model
     asked.clear()
     PipsTracker.from_checkpoint(path.parent, device="meta", fast=False)
-    assert asked == [("meta", False, False), ("meta", False, False)]
+    assert asked == [("meta", False, False)]
     model = build_model(None, "meta")
     assert next(model.parameters()).device == torch.device("meta") and model.stride == 8
 

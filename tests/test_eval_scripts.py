@@ -42,12 +42,12 @@ class StillModel(torch.nn.Module):
         self.vis_head = vis_head
         self.windows: list[torch.Tensor] = []
 
-    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None) -> PipsOutput:
         self.windows.append(rgbs.clone())
         coords = trajs_e0[:, :1].expand_as(trajs_e0).clone()
         feats = tuple(torch.zeros(*trajs_e0.shape[:3], 2) for _ in range(3))
         vis = torch.full(trajs_e0.shape[:3], 5.0) if self.vis_head else None
-        return PipsOutput(coords, [coords], feats, [coords], vis=vis)
+        return PipsOutput(coords, [coords], feats, vis=vis)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import torch
 import tracking.evaluate
 from datasets.sample import EvalSequence, UnreadableSequence
 from nets.pips2 import PipsOutput
-from nets.tracker import Tracks
+from nets.tracker import VideoTracks
 from tracking.evaluate import (
     EvalConfig,
     EvalProtocol,
@@ -44,7 +44,7 @@ class StillModel(torch.nn.Module):
         self.windows: list[torch.Tensor] = []
         self.iters: list[int] = []
 
-    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None) -> PipsOutput:
         self.inits.append(trajs_e0.clone())
         self.windows.append(rgbs.clone())
         self.iters.append(iters)
@@ -54,7 +54,7 @@ class StillModel(torch.nn.Module):
         vis = torch.full((B, S, N), 5.0)
         vis[:, :, 1] = torch.where(frame >= 4, -5.0, 5.0)
         feats = tuple(torch.zeros(B, S, N, 1) for _ in range(3))
-        return PipsOutput(coords, [coords], feats, [coords], vis=vis)
+        return PipsOutput(coords, [coords], feats, vis=vis)
 
 
 def ramp_sequence(T: int = 5) -> EvalSequence:
@@ -429,7 +429,7 @@ def test_visibility_metrics_at_the_thresholds_by_hand() -> None:
     valids[1, 5] = 0
     vis = torch.full((1, 2, 6), 3.0)
     vis[0, 1, 4] = 0.0  # sigmoid: exactly 0.5
-    metrics = visibility_metrics(Tracks(tracks, vis), trajs_g, visibs, valids, size)
+    metrics = visibility_metrics(VideoTracks(tracks, vis), trajs_g, visibs, valids, size)
     # valid entries at frame 1: four at exactly 1 (not within 1) and point 4 exact: d_1 20, d_2..d_16 100
     assert metrics["d_avg"] == pytest.approx((20 + 4 * 100) / 5)
     assert metrics["d_avg_visible"] == pytest.approx(80.0) and metrics["d_avg_occluded"] == 100.0
@@ -449,11 +449,11 @@ def test_the_visible_and_occluded_split_leaves_the_query_frame_out_as_d_avg_does
     visibs = np.ones((3, 2), np.float32)
     visibs[0] = 0
     valids = np.ones((3, 2), np.float32)
-    metrics = visibility_metrics(Tracks(tracks, None), trajs_g, visibs, valids, size)
+    metrics = visibility_metrics(VideoTracks(tracks, None), trajs_g, visibs, valids, size)
     assert metrics["d_avg_occluded"] is None
     assert metrics["d_avg_visible"] == metrics["d_avg"] == 100.0
     visibs[1, 1] = 0  # one occluded, exact entry after the query frame
-    metrics = visibility_metrics(Tracks(tracks, None), trajs_g, visibs, valids, size)
+    metrics = visibility_metrics(VideoTracks(tracks, None), trajs_g, visibs, valids, size)
     assert metrics["d_avg_occluded"] == 100.0 and metrics["d_avg_visible"] == 100.0
 
 

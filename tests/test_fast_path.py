@@ -11,8 +11,8 @@ import nets.corr_triton
 from nets.corr import CorrBlock, build_pyramid
 from nets.norm import InstanceNorm
 from nets.pips2 import Pips
+from nets.precision import EXACT, Precision, choose_precision
 from tracking.predictor import Float16Guard
-from utils.dist import fast_dtype
 
 needs_cuda_triton = pytest.mark.skipif(
     not (torch.cuda.is_available() and nets.corr_triton.triton is not None), reason="needs CUDA and Triton"
@@ -93,7 +93,7 @@ def test_bf16_fast_path_keeps_coords_float32(model: Pips, clip: tuple) -> None:
     assert fast_fmaps.dtype == torch.float32 and rel_err(fast_fmaps, fmaps) < 0.05
     # the updates leave the block in float32 (its first and last layers skip autocast)
     assert fast_delta.dtype == torch.float32 and 0 < rel_err(fast_delta, delta) < 0.08
-    assert all(c.dtype == torch.float32 for c in [out.tracks, *out.preds, *out.coords_anim])
+    assert all(c.dtype == torch.float32 for c in [out.tracks, *out.preds])
     assert all(f.dtype == torch.float32 for f in out.feats)
     assert torch.equal(out.tracks[:, 0], trajs_e0[:, 0])
 
@@ -285,19 +285,25 @@ def test_float16_overflow_redoes_the_window_in_float32(clip: tuple) -> None:
         with pytest.warns(UserWarning, match="float16 overflowed"):
             out = Float16Guard(model)(trajs_e0, rgbs, iters=2)
     assert torch.equal(out.tracks, fp32.tracks)
-    assert model.fast_dtype == torch.float16  # the model is left as it was: later windows try float16 again
+    assert model.precision == Precision(True, torch.float16)  # as it was: later windows try float16 again
 
 
-def test_set_fast_rejects_other_dtypes() -> None:
+def test_set_fast_sets_one_precision_and_rejects_other_dtypes() -> None:
+    model = Pips().set_fast(True, torch.float16)
+    assert model.precision == Precision(True, torch.float16)
+    assert model.set_fast(True, None).precision == Precision(True, torch.float32)  # None: no autocast
+    assert model.set_fast(False, torch.float16).precision == EXACT
     with pytest.raises(ValueError, match="float64"):
         Pips().set_fast(True, torch.float64)
+    with pytest.raises(ValueError, match="the exact path computes in torch.float32, got torch.bfloat16"):
+        Precision(False, torch.bfloat16)
 
 
-def test_fast_dtype_per_device_and_job(monkeypatch) -> None:  # noqa: ANN001
+def test_choose_precision_per_device_and_job(monkeypatch) -> None:  # noqa: ANN001
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert fast_dtype(cpu) is None and fast_dtype(cuda, fast=False) is None
-    assert fast_dtype(cuda) == torch.float16  # inference
+    assert choose_precision(cpu) == EXACT and choose_precision(cuda, fast=False) == EXACT
+    assert choose_precision(cuda) == Precision(True, torch.float16)  # inference
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert fast_dtype(cuda, training=True) == torch.bfloat16
+    assert choose_precision(cuda, training=True) == Precision(True, torch.bfloat16)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    assert fast_dtype(cuda, training=True) is None  # float16 training would need loss scaling
+    assert choose_precision(cuda, training=True) == EXACT  # float16 training would need loss scaling

@@ -144,9 +144,7 @@ def test_tracking_a_cut_off_video_from_frame_0_ends_with_its_last_decoded_frame(
 
     def still(trajs_e0, rgbs, iters, feat_init):  # noqa: ANN001, ANN202
         starts.append(len(starts))
-        return PipsOutput(
-            trajs_e0, [trajs_e0], tuple(torch.zeros(*trajs_e0.shape[:3], 1) for _ in range(3)), []
-        )
+        return PipsOutput(trajs_e0, [trajs_e0], tuple(torch.zeros(*trajs_e0.shape[:3], 1) for _ in range(3)))
 
     with VideoFileFrames(tmp_path / "cut.mp4") as source:  # no cache: the last window is laid out again
         tracks = track_from_first_frame(still, source, torch.zeros(1, 2, 2), S=8, iters=1).tracks

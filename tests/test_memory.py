@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import nets.pips2
+import nets.precision
 import train
 from datasets.sample import collate_clips
 from datasets.synthetic import SyntheticClips
@@ -47,9 +48,9 @@ def count_encoder_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls = []
     encode_frames = Pips._encode_frames
 
-    def counted(self: Pips, frames: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def counted(self: Pips, frames: torch.Tensor) -> torch.Tensor:
         calls.append(frames.shape[0])
-        return encode_frames(self, frames, dtype)
+        return encode_frames(self, frames)
 
     monkeypatch.setattr(Pips, "_encode_frames", counted)
     return calls
@@ -101,9 +102,9 @@ def test_compiled_parts_recompute_the_eager_delta_block(monkeypatch: pytest.Monk
     raised (its cast cache would then never be cleared): under recomputation the compiled delta block runs
     its eager forward, selectively recomputed like an uncompiled one. (The eager backend compiles quickly.)"""
     policy_calls = []
-    keep = nets.pips2._keep_layer_outputs
+    keep = nets.precision._keep_layer_outputs
     monkeypatch.setattr(
-        nets.pips2, "_keep_layer_outputs", lambda *a, **k: policy_calls.append(1) or keep(*a, **k)
+        nets.precision, "_keep_layer_outputs", lambda *a, **k: policy_calls.append(1) or keep(*a, **k)
     )
     trajs, rgbs = clip(1, 3, 4, 64, 64)
     grads = {}

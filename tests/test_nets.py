@@ -58,14 +58,17 @@ def test_encoder_matches_fixture(model: Pips, ref: dict) -> None:
 
 @pytest.mark.parametrize("iters,tol", [(1, 0.01), (2, 0.05)])
 def test_forward_matches_fixture(model: Pips, ref: dict, iters: int, tol: float) -> None:
+    e0 = t(ref["trajs_e0"])
     with torch.no_grad():
-        out = model(t(ref["trajs_e0"]), t(ref["rgbs"]).float(), iters=iters)
-    assert len(out.preds) == iters and len(out.coords_anim) == iters + 2
+        out = model(e0, t(ref["rgbs"]).float(), iters=iters)
+    assert len(out.preds) == iters
     np.testing.assert_allclose(  # the official first output: each iteration's prediction, then the result
         torch.stack([*out.preds, out.tracks]).numpy(), ref[f"it{iters}_coord_predictions1"], atol=tol, rtol=0
     )
+    # the official second output: the initial tracks, each iteration's with frame 0 locked, then the result
+    locked = [torch.cat([e0[:, :1], pred[:, 1:]], dim=1) for pred in out.preds]
     np.testing.assert_allclose(
-        torch.stack(out.coords_anim).numpy(), ref[f"it{iters}_coord_predictions2"], atol=tol, rtol=0
+        torch.stack([e0, *locked, out.tracks]).numpy(), ref[f"it{iters}_coord_predictions2"], atol=tol, rtol=0
     )
     for i, name in enumerate(("feats1", "feats2", "feats4")):
         np.testing.assert_allclose(out.feats[i].numpy(), ref[f"it{iters}_{name}"], atol=1e-3, rtol=0)

@@ -11,7 +11,7 @@ import datasets.pointodyssey
 from datasets.pointodyssey import (
     PointOdysseyDataset,
     PointOdysseyFullSeq,
-    Tracks,
+    TrackAnnotations,
     boundary_edges,
     enough_visible,
     farthest_point_sample,
@@ -230,7 +230,7 @@ def test_mismatched_arrays_and_keys(tmp_path):
 def test_invalidate_nonfinite():
     trajs = np.array([[[1, 2], [np.nan, 3]], [[np.inf, 0], [4, 5]]], np.float32)
     ones = np.ones((2, 2), np.float32)
-    out = invalidate_nonfinite(Tracks(trajs, ones, ones))
+    out = invalidate_nonfinite(TrackAnnotations(trajs, ones, ones))
     np.testing.assert_array_equal(out.trajs, [[[1, 2], [0, 0]], [[0, 0], [4, 5]]])
     np.testing.assert_array_equal(out.visibs, [[1, 0], [0, 1]])
     np.testing.assert_array_equal(out.valids, [[1, 0], [0, 1]])

@@ -30,14 +30,14 @@ class ClockModel(torch.nn.Module):
         super().__init__()
         self.calls: list[tuple[int, bool]] = []
 
-    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None) -> PipsOutput:
         stamps = rgbs[:, :, 0, 0, 0]  # B,S global frame index
         self.calls.append((int(stamps[0, 0]), feat_init is not None))
         coords = trajs_e0.clone()
         coords[..., 0] = trajs_e0[:, :1, :, 0] + (stamps - stamps[:, :1])[..., None]
         B, S, N, _ = trajs_e0.shape
         feats = tuple(torch.zeros(B, S, N, 4) for _ in range(3))
-        return PipsOutput(coords, [coords], feats, [coords])
+        return PipsOutput(coords, [coords], feats)
 
 
 def clock_video(B: int, T: int) -> torch.Tensor:
@@ -61,9 +61,9 @@ class InitRecorder(ClockModel):
         super().__init__()
         self.inits: list[torch.Tensor] = []
 
-    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None) -> PipsOutput:
         self.inits.append(trajs_e0.clone())
-        return super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
+        return super().forward(trajs_e0, rgbs, iters, feat_init)
 
 
 def test_later_windows_start_from_the_last_estimate_with_zero_velocity() -> None:
@@ -147,7 +147,7 @@ class MemoryModel(torch.nn.Module):
     the confidence logits their negative.
     """
 
-    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None) -> PipsOutput:
         B, S, N, _ = trajs_e0.shape
         stamps = rgbs[:, :, 0, 0, 0]  # B,S global frame index
         first, last = stamps[:, 0], stamps[:, -1]  # B
@@ -163,7 +163,7 @@ class MemoryModel(torch.nn.Module):
         feats1 = feat_init[0][:, :S] if feat_init is not None else template(first + 1)
         feats = (feats1, template(first + 1), template(last + 1))
         vis = (stamps + first[:, None] / 100)[..., None].expand(B, S, N)  # B,S,N
-        return PipsOutput(coords, [coords], feats, [coords], vis=vis, conf=-vis)
+        return PipsOutput(coords, [coords], feats, vis=vis, conf=-vis)
 
 
 def test_each_window_starts_from_the_previous_tracks_and_templates() -> None:
@@ -208,8 +208,8 @@ class GradModel(ClockModel):
         super().__init__()
         self.scale = torch.nn.Parameter(torch.ones(()))
 
-    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
-        out = super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None) -> PipsOutput:
+        out = super().forward(trajs_e0, rgbs, iters, feat_init)
         return out._replace(tracks=out.tracks * self.scale)
 
 
@@ -225,8 +225,8 @@ def test_tracking_records_no_autograd_graph() -> None:
 class ClockHeadModel(ClockModel):
     """ClockModel with a visibility head whose logits are each frame's global index (and minus it)."""
 
-    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
-        out = super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None) -> PipsOutput:
+        out = super().forward(trajs_e0, rgbs, iters, feat_init)
         stamps = rgbs[:, :, 0, 0, 0][..., None].expand(trajs_e0.shape[:3])  # B,S,N
         return out._replace(vis=stamps.clone(), conf=-stamps)
 
@@ -248,9 +248,9 @@ class WindowLog(ClockModel):
         super().__init__()
         self.windows: list[tuple[int, int]] = []
 
-    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None) -> PipsOutput:
         self.windows.append((rgbs.shape[1], iters))
-        return super().forward(trajs_e0, rgbs, iters, feat_init, beautify)
+        return super().forward(trajs_e0, rgbs, iters, feat_init)
 
 
 def test_the_official_window_and_iterations_by_default() -> None:

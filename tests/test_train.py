@@ -127,7 +127,7 @@ class ColourSearch(torch.nn.Module):
     """Stands in for Pips: finds, in every frame it is given, the pixel of the colour under each point's
     initial frame-0 position, so its tracks are exact in the frames' own coordinates."""
 
-    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None) -> PipsOutput:
         B, S, _, H, W = rgbs.shape
         inside = (
             (trajs_e0 >= 0).all() and (trajs_e0[..., 0] <= W - 1).all() and (trajs_e0[..., 1] <= H - 1).all()
@@ -140,7 +140,7 @@ class ColourSearch(torch.nn.Module):
         hits = (code.flatten(2)[:, :, None] == wanted[:, None, :, None]).float().argmax(-1)  # B,S,N
         tracks = torch.stack([hits % W, hits // W], -1).float()  # B,S,N,2
         feats = tuple(torch.zeros(B, S, trajs_e0.shape[2], 1) for _ in range(3))
-        return PipsOutput(tracks, [tracks], feats, [tracks])
+        return PipsOutput(tracks, [tracks], feats)
 
 
 def test_transpose_augmentation_keeps_the_tracks_on_their_pixels() -> None:

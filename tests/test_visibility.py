@@ -14,7 +14,7 @@ import test_on_tap
 import train
 from datasets.sample import collate_clips
 from datasets.synthetic import SyntheticClips
-from nets.losses import visibility_loss
+from nets.losses import sequence_loss, visibility_loss
 from nets.pips2 import VIS_HEAD_PREFIX, Pips, PipsOutput, frames_to_rgbs
 from tracking.evaluate import frame0_jaccard
 from tracking.predictor import PipsTracker, build_model
@@ -178,6 +178,28 @@ def test_in_head_only_mode_only_the_head_gets_gradients(clip: tuple) -> None:
     assert with_grad == {n for n, _ in model.vis_head.named_parameters(prefix="vis_head")}
 
 
+@pytest.mark.parametrize("head_only", [False, True])
+def test_the_visibility_loss_trains_the_head_alone(clip: tuple, head_only: bool) -> None:
+    rgbs, trajs, visibs, valids = (x[:, :4] for x in clip)  # 4 frames are enough
+    torch.manual_seed(0)
+    model = Pips(vis_head=True)
+    if head_only:  # as train.py's head_only sets it up
+        model.requires_grad_(False)
+        model.vis_head.requires_grad_(True)
+    out = model(trajs[:, :1].expand_as(trajs), rgbs, iters=1)
+    visibility_loss(out.vis, out.conf, out.tracks, trajs, visibs, valids).backward(retain_graph=True)
+    for name, p in model.named_parameters():
+        if name.startswith(VIS_HEAD_PREFIX):  # the biases before a norm get next to nothing: weights only
+            assert p.grad is not None and (p.dim() == 1 or p.grad.abs().sum() > 0), name
+        else:
+            assert p.grad is None or not p.grad.any(), name
+    if not head_only:  # the tracking loss still trains the backbone, and leaves the head alone
+        model.zero_grad(set_to_none=True)
+        sequence_loss(out.preds, trajs, valids).backward()
+        assert model.fnet.conv1.weight.grad.abs().sum() > 0
+        assert all(p.grad is None for p in model.vis_head.parameters())
+
+
 def head_checkpoint(path: Path) -> Path:
     torch.manual_seed(4)
     checkpoint.save(path, Pips(vis_head=True), step=1)
@@ -265,9 +287,9 @@ def test_frame0_jaccard_by_hand() -> None:
 class StartRecorder(torch.nn.Module):
     """Stands in for Pips: returns its initial tracks and remembers them."""
 
-    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None, beautify=False) -> PipsOutput:
+    def forward(self, trajs_e0, rgbs, iters=3, feat_init=None) -> PipsOutput:
         self.start = trajs_e0.clone()
-        return PipsOutput(trajs_e0, [trajs_e0], (), [trajs_e0])
+        return PipsOutput(trajs_e0, [trajs_e0], ())
 
 
 def test_head_only_training_starts_tracks_from_zero_velocity_as_inference_does(clip: tuple) -> None:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from datasets.sample import EvalSequence, UnreadableSequence
 from nets.pips2 import Pips
-from nets.tracker import Tracks, WindowModel, track_from_first_frame
+from nets.tracker import VideoTracks, WindowModel, track_from_first_frame
 from tracking.frames import MIN_SIDE, Frames, check_size, open_frames
 from tracking.predictor import Float16Guard, build_model
 from utils.checkpoint import REFERENCE_DIR
@@ -238,7 +238,7 @@ def evaluate_sequence(
 
 
 def visibility_metrics(
-    out: Tracks, trajs_g: np.ndarray, visibs: np.ndarray, valids: np.ndarray, size: tuple[int, int]
+    out: VideoTracks, trajs_g: np.ndarray, visibs: np.ndarray, valids: np.ndarray, size: tuple[int, int]
 ) -> Metrics:
     """PIPs++ metrics of tracks (1,T,N,2) against ground truth (T,N,...) at `size`, d_avg over the visible and
     over the occluded frames, and the occlusion accuracy where the model estimates visibility."""

@@ -1,6 +1,6 @@
 """PipsTracker, and the one function that builds a ready model from a checkpoint for a device and a job.
 
-    tracker = PipsTracker.from_checkpoint()             # ./reference_model, best device
+    tracker = PipsTracker.from_checkpoint()             # the reference model (REFERENCE_DIR), best device
     tracks = tracker("video.mp4", grid_size=32)         # T,1024,2
     tracks = tracker(frames, queries=[[0, 120.0, 64.5], [40, 300.0, 200.0]])   # T,2,2
     result = tracker.predict("video.mp4", grid_size=32)  # .tracks, and .visibility, .confidence (T,N)
@@ -13,6 +13,7 @@ time grows linearly with the video's length and memory stays flat (tracking/fram
 
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,12 +22,12 @@ import torch
 import torch.nn as nn
 
 from nets.pips2 import VIS_HEAD_PREFIX, Feats, Pips, PipsOutput
+from nets.precision import choose_precision
 from nets.tracker import Progress, track
 from tracking.frames import Frames, Video, check_size, open_frames
-from utils.checkpoint import load_state, read_weights, strip_prefixes
-from utils.dist import fast_dtype, pick_device
+from utils.checkpoint import REFERENCE_DIR, load_state, read_weights, strip_prefixes
+from utils.dist import pick_device
 
-REFERENCE_DIR = "./reference_model"
 GRID_MARGIN = 8  # the official demo's grid margin, in pixels of the model's resolution
 JOBS = ("infer", "train")
 
@@ -46,7 +47,8 @@ def build_model(
             random initialisation of the current torch seed.
         device: '' = CUDA if available, then MPS, then CPU.
         job: "infer" (eval mode; the fast path autocasts to float16) or "train" (train mode; bfloat16).
-        fast: the fast path where it pays (CUDA); False, or CPU/MPS, = the exact float32 path.
+        fast: the fast path where it pays (CUDA; nets/precision.py choose_precision); False, or CPU/MPS, =
+            the exact float32 path. This is where the precision of every script's model is decided.
         vis_head: with the visibility head (Pips(vis_head=True)); None = as the checkpoint has it (none
             without a checkpoint). A checkpoint without the head loads into a model with it: every backbone
             weight strictly, and one warning says that the head starts untrained.
@@ -64,19 +66,21 @@ def build_model(
         vis_head = any(name.startswith(VIS_HEAD_PREFIX) for name in names)
     model = Pips(stride=8, vis_head=vis_head)
     step = None if state is None else load_state(path, state, model, optional=(VIS_HEAD_PREFIX,))
-    dtype = fast_dtype(dev, fast, training=job == "train")
-    model = model.to(dev).train(job == "train").set_fast(dtype is not None, dtype)
+    model = model.to(dev).train(job == "train")
+    model.precision = choose_precision(dev, fast, training=job == "train")
     if log is not None:
         weights = "random weights" if state is None else f"{path} (step {step})"
         head = ", visibility head" if vis_head else ""
-        precision = f", fast path ({str(dtype).removeprefix('torch.')})" if dtype is not None else ""
+        dtype = str(model.precision.dtype).removeprefix("torch.")
+        precision = f", fast path ({dtype})" if model.precision.fast else ""
         log(f"model: {weights}{head} on {dev}{precision}")
     return model
 
 
 class Float16Guard:
     """Runs a Pips window by window for inference; where the model autocasts to float16 and a window's
-    tracks overflow (non-finite), that window is redone without autocast, with one warning."""
+    tracks overflow (non-finite), that window is redone without autocast, with one warning, and the model
+    is left on float16 for the next."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -85,10 +89,15 @@ class Float16Guard:
         self, trajs_e0: torch.Tensor, rgbs: torch.Tensor, iters: int, feat_init: Feats | None = None
     ) -> PipsOutput:
         out = self.model(trajs_e0, rgbs, iters=iters, feat_init=feat_init)
-        if getattr(self.model, "fast_dtype", None) == torch.float16 and not torch.isfinite(out.tracks).all():
-            warnings.warn("float16 overflowed in a window; that window is redone in float32", stacklevel=2)
-            out = self.model(trajs_e0, rgbs, iters=iters, feat_init=feat_init, dtype=torch.float32)
-        return out
+        precision = getattr(self.model, "precision", None)
+        if precision is None or precision.dtype != torch.float16 or torch.isfinite(out.tracks).all():
+            return out
+        warnings.warn("float16 overflowed in a window; that window is redone in float32", stacklevel=2)
+        self.model.precision = replace(precision, dtype=torch.float32)
+        try:
+            return self.model(trajs_e0, rgbs, iters=iters, feat_init=feat_init)
+        finally:
+            self.model.precision = precision
 
 
 def grid_queries(grid_size: int, H: int, W: int, image_size: tuple[int, int] = (512, 896)) -> torch.Tensor:
@@ -130,7 +139,8 @@ def check_queries(queries: np.ndarray | torch.Tensor | Sequence, T: int, H: int,
 
 
 class Prediction(NamedTuple):
-    """Tracks of a video, in its pixels, with the visibility head's estimates where the model has one."""
+    """What PipsTracker.predict gives: tracks in the video's own pixels, with the visibility head's
+    estimates as probabilities where the model has one."""
 
     tracks: np.ndarray | torch.Tensor  # T,N,2 x,y pixels
     visibility: np.ndarray | torch.Tensor | None  # T,N probability that the point is visible (None: no head)
@@ -147,10 +157,10 @@ class PipsTracker:
             evaluation's 128, and its windows still overlap by a single frame.
         iters: refinement iterations per window.
         image_size: H,W the frames are resized to for the model.
-        fast: the model's fast path (Pips.set_fast: float16, channels_last, fused correlation); None = on
-            on CUDA, the exact float32 path elsewhere. None leaves a model that is already on the fast path
-            as it is.
         device: where frames are sent; None = the model's device.
+
+    The model runs with the precision it has: build_model (and so from_checkpoint) puts it on the fast
+    path where that pays; a window that overflows float16 is redone in float32 (Float16Guard).
     """
 
     def __init__(
@@ -159,7 +169,6 @@ class PipsTracker:
         S: int = 64,
         iters: int = 16,
         image_size: Sequence[int] = (512, 896),
-        fast: bool | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         if S < 2 or iters < 1:
@@ -171,10 +180,6 @@ class PipsTracker:
         self.device = torch.device(device)
         self.S, self.iters = S, iters
         self.image_size = check_size(image_size)
-        dtype = fast_dtype(self.device, fast is None or fast)
-        self.fast = dtype is not None
-        if self.fast or fast is not None:
-            model.set_fast(self.fast, dtype)
 
     @classmethod
     def from_checkpoint(
@@ -184,14 +189,15 @@ class PipsTracker:
         S: int = 64,
         iters: int = 16,
         image_size: Sequence[int] = (512, 896),
-        fast: bool | None = None,
+        fast: bool = True,
     ) -> "PipsTracker":
-        """A tracker with the weights of `path` (a checkpoint file or directory; None = ./reference_model)
-        on `device` (None = CUDA, then MPS, then CPU)."""
-        model = build_model(REFERENCE_DIR if path is None else path, "" if device is None else device,
-                            fast=fast is None or fast)  # fmt: skip
+        """A tracker with the weights of `path` (a checkpoint file or directory; None = REFERENCE_DIR) on
+        `device` (None = CUDA, then MPS, then CPU), on the fast path where it pays unless `fast` is False."""
+        model = build_model(
+            REFERENCE_DIR if path is None else path, "" if device is None else device, fast=fast
+        )
         dev = next(model.parameters()).device
-        return cls(model, S=S, iters=iters, image_size=image_size, fast=fast, device=dev)
+        return cls(model, S=S, iters=iters, image_size=image_size, device=dev)
 
     def __call__(
         self,

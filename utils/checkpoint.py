@@ -215,8 +215,9 @@ def load_state(
         prefixes = sorted({prefix for prefix in optional for k in absent if k.startswith(prefix)})
         log.warning(
             "checkpoint %s has no %s parameters: they start from their initialisation, untrained",
-            p, ", ".join(f"{prefix}*" for prefix in prefixes),
-        )  # fmt: skip
+            p,
+            ", ".join(f"{prefix}*" for prefix in prefixes),
+        )
     target.load_state_dict(weights, strict=strict and not absent)
     if optimizer is not None:
         if "optimizer_state_dict" not in state:

@@ -1,4 +1,4 @@
-"""Devices, mixed precision and torch.distributed process groups (torchrun) in one place."""
+"""Devices and torch.distributed process groups (torchrun) in one place."""
 
 import os
 from dataclasses import dataclass
@@ -19,20 +19,6 @@ def pick_device(name: str = "") -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def fast_dtype(device: torch.device, fast: bool = True, training: bool = False) -> torch.dtype | None:
-    """The fast path's autocast dtype on `device` (see Pips.set_fast), or None for the exact float32 path.
-
-    On CUDA: bfloat16 to train (no loss scaling; GPUs without it train exact), float16 for inference
-    (its 8x finer rounding keeps the tracks closest to float32). CPU and MPS stay exact: autocast does not
-    pay there.
-    """
-    if not fast or device.type != "cuda":
-        return None
-    if training:
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.float16
 
 
 @dataclass(frozen=True)
