@@ -110,8 +110,8 @@ def test_a_sequence_evaluated_at_another_resolution_by_hand(resize: str, red: fl
     expected |= {"d_avg_visible": 100 / 3, "d_avg_occluded": 10.0}
     expected |= {"occlusion_accuracy": 87.5}  # point 1 at frame 3 is occluded but predicted visible
     # TAP-Vid jaccard in the 256x256 space (the same errors): 6 visible entries, 7 predicted visible (point 1
-    # at frame 3 is occluded); within 1, 2: none; 4: one (0/1 true positive / false positives 1/6); 8: 3/4;
-    # 16: 6/1 -> jaccard 0, 0, 1/(6+6), 3/(6+4), 6/(6+1)
+    # at frame 3 is occluded). True/false positives within 1, 2: 0/7; 4: 1/6; 8: 3/4; 16: 6/1.
+    # Each jaccard is true positives / (visible + false positives): 0, 0, 1/(6+6), 3/(6+4), 6/(6+1).
     expected |= {"average_jaccard": (1 / 12 + 3 / 10 + 6 / 7) / 5 * 100}
     for k, v in expected.items():
         assert row[k] == pytest.approx(v), k

@@ -31,7 +31,7 @@ _GIF_FILTER = "split[a][b];[a]palettegen[p];[b][p]paletteuse"
 
 
 class VideoInfo(NamedTuple):
-    num_frames: int  # as the container announces it (see video_info); decoding may yet come up short
+    num_frames: int  # the count the container announces (see video_info), which decoding may not reach
     height: int
     width: int
     fps: float | None  # None for a folder of images
