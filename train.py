@@ -427,9 +427,15 @@ class TrainStep(NamedTuple):
 def train_step(state: TrainState, micro_batches: Sequence[ClipBatch], g: torch.Generator) -> TrainStep:
     """Forward and backward over the micro-batches of one optimizer step, gradient clipping and the update.
 
-    The gradients are those of one batch of the same clips: the losses are means over valid annotations, so
-    each micro-batch counts by its share of the step's; one transposition is drawn for the whole step and
-    each clip's initial tracks in turn (initial_trajs). A non-finite loss or gradient skips the update.
+    Args:
+        state: the model, its trained parameters, the optimizer and the config.
+        micro_batches: the clips of one step. Each counts by its share of the step's valid annotations
+            (the losses are means over them), so the gradients are those of one batch of these clips.
+        g: draws one transposition for the whole step, then each clip's initial tracks in turn
+            (initial_trajs).
+
+    Returns:
+        The step's TrainStep; a non-finite loss or gradient skips the update (skipped=True).
     """
     cfg, began = state.cfg, time.time()
     state.net.train()

@@ -43,11 +43,19 @@ def _sigint_ignored() -> Iterator[None]:
 def run_capped(
     measure: Callable[..., None], args: tuple, cap_gib: float, name: str, poll_s: float = 0.02
 ) -> dict[str, Any]:
-    """`measure(*args, note=send)` in a fresh process, killed once its resident memory passes `cap_gib`
-    (looked at every `poll_s` seconds). `measure` is a module-level function that calls `note` with dicts
-    of what it has found; returns them merged, with "error": "out of memory" where the cap was passed
-    (also by a peak_gib it reports) and "killed (signal k)" where something else killed it. Raises
-    RuntimeError naming `name` when it fails otherwise."""
+    """Run `measure(*args, note=send)` in a fresh process, killed once its resident memory passes `cap_gib`.
+
+    Args:
+        measure: a module-level function that calls `note` with dicts of what it has found.
+        args: the positional arguments of `measure`.
+        cap_gib: the cap on the child's resident memory, and on a peak_gib it reports.
+        name: names the measurement in the RuntimeError raised when the child fails otherwise.
+        poll_s: seconds between two looks at the child's resident memory.
+
+    Returns:
+        The dicts it sent, merged, with "error": "out of memory" where the cap was passed and
+        "error": "killed (signal k)" where something else killed it.
+    """
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(send, measure, args), daemon=True)

@@ -177,7 +177,7 @@ def workload_rows(
         else:
             row |= measure(paths[name], w, inputs, options, cfg.warmup, cfg.repeats)
         rows.append(row)
-        if row["flops"] is not None and flops is None:  # counted by this row's process: credited to all
+        if row["flops"] is not None and flops is None:  # one row process counts them for every row
             flops = row["flops"]
             for r in rows:
                 r["flops"] = flops

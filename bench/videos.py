@@ -80,7 +80,7 @@ def video_rows(lengths: tuple[int, ...], device: torch.device, seed: int) -> Gen
     with tempfile.TemporaryDirectory() as tmp, tqdm(total=2 * len(lengths), desc="videos") as progress:
         warmup = Path(tmp) / "warmup.mp4"
         long_video(warmup, 20, seed)
-        for where in QUERY_AT:  # first calls allocate what later ones reuse: keep them out
+        for where in QUERY_AT:  # a warm-up keeps the first calls' one-off allocations out of the rows
             measure_video(tracker, warmup, 20, where)
         for T in lengths:
             path = Path(tmp) / f"video_{T}.mp4"

@@ -130,15 +130,13 @@ def erase_occluders(
 ) -> tuple[np.ndarray, np.ndarray]:
     """With probability p_clip, paint 1..10 boxes of 20..299 px filled with their mean colour on each
     frame t >= 1 (each with probability p_frame), and mark the points they cover not visible.
-
-    A point covers the pixel floor(x + 0.5), floor(y + 0.5) (halves round up, as the synthetic generator
-    reads its instance map). Frame 0 (the query frame) and valids are untouched.
-    Returns new (rgbs S,H,W,3 uint8, visibs S,N).
+    Frame 0 (the query frame) and valids are untouched. Returns new (rgbs S,H,W,3 uint8, visibs S,N).
     """
     S, H, W, _ = rgbs.shape
     rgbs, visibs = rgbs.copy(), visibs.copy()
     if rng.random() >= p_clip:
         return rgbs, visibs
+    # A point covers pixel floor(x + 0.5), floor(y + 0.5) (halves round up), as in synthetic.visible_in.
     pixels = np.floor(trajs + 0.5)  # S,N,2
     for t in range(1, S):
         if rng.random() >= p_frame:
@@ -214,10 +212,7 @@ def spatial_augs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Resize to crop + 64, zero-pad each side by 0..63 px, zoom each frame with a smoothly drifting
     scale, cut a crop_size=(H,W) window that starts on the frame-0 visible points and drifts, then flip
-    horizontally and vertically with probability 0.5 each.
-
-    Each frame is produced by one cv2.warpAffine (zeros outside the image), and the tracks go through
-    the same affine map, so they stay on their content. Returns (rgbs S,H,W,3 uint8, trajs S,N,2).
+    horizontally and vertically with probability 0.5 each. Returns (rgbs S,H,W,3 uint8, trajs S,N,2).
     """
     S, H, W, _ = rgbs.shape
     ch, cw = crop_size
@@ -233,6 +228,7 @@ def spatial_augs(
     seen = visibs[0] > 0
     start = zoomed0[seen].mean(axis=0) if seen.any() else np.array([cw, ch], dtype=np.float64)
     shift = shift - _drifting_crops(sizes, (float(start[0]), float(start[1])), crop_size, rng)  # S,2
+    # One cv2.warpAffine per frame (zeros outside the image) applies the map that the tracks get below.
     out = np.stack(
         [
             cv2.warpAffine(

@@ -104,12 +104,20 @@ def hold_while_occluded(trajs: np.ndarray, visibs: np.ndarray) -> np.ndarray:
 class CroHD(Dataset):
     """Clips of the HT21 training sequences, one item per clip; images are left on disk.
 
-    hold_occluded: the official reader replaces the gt of every frame where a head is not visible by
-    its previous position. Labelled heads that are occluded keep valids = 1, so the published CroHD
-    numbers score those frames against the held position: keep it True to reproduce them.
+    A clip whose first image cannot be read raises UnreadableSequence.
 
-    A sequence whose labels cannot be read or whose img1/ folder is missing is left out with one warning
-    and listed in `skipped`; a clip whose first image cannot be read raises UnreadableSequence.
+    Args:
+        dataset_location: the folder that holds HT21/train.
+        S: the longest clip, in frames; a clip starts every S//2 frames.
+        S_min: clips shorter than this are dropped.
+        hold_occluded: replace the gt of every frame where a head is not visible by its previous
+            position, as the official reader does. Labelled heads that are occluded keep valids = 1, so
+            the published CroHD numbers score those frames against the held position: keep it True to
+            reproduce them.
+
+    Attributes:
+        skipped: the sequences left out, with one warning each, because their labels cannot be read or
+            their img1/ folder is missing.
     """
 
     def __init__(

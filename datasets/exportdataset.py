@@ -203,13 +203,20 @@ def _index_clips(root: Path) -> tuple[list[Path], list[str]]:
 class ExportDataset(Dataset):
     """Clips written by export_mp4_dataset.py, in sorted id order.
 
-    Each item is a ClipSample with rgbs S,H,W,3 uint8 RGB and a random subset (without replacement)
-    of N of the clip's points; with use_augs the photometric augmentation is applied (same
-    parameters on all frames). Items are a pure function of (seed, epoch, index). A clip folder missing a
-    file is left out at indexing (listed in `skipped`); a clip that cannot be read (corrupted or short
-    mp4, broken npz) is marked in `unreadable` (shared by all DataLoader workers) with one warning, and
-    another clip is returned in its place; ValueError once no readable clip is left. Clips of the wrong S,
-    N or size raise ValueError.
+    Each item is a ClipSample with rgbs S,H,W,3 uint8 RGB and a random subset (without replacement) of N
+    of the clip's points, a pure function of (seed, epoch, index). A clip that cannot be read (corrupted or
+    short mp4, broken npz) is replaced by another, with one warning; ValueError once no clip is readable.
+
+    Args:
+        dataset_location: the folder that holds the export folder `version`.
+        version: the export's folder name, `<tag>_<S>_<N>_<H>x<W>`.
+        S, N, crop_size: what every clip must hold; a clip of another S, N or size raises ValueError.
+        use_augs: apply the photometric augmentation, with the same parameters on all frames.
+        seed: with the epoch and the index, fixes an item's random draws.
+
+    Attributes:
+        skipped: the clip folders missing a file, left out at indexing.
+        unreadable: the clips found unreadable, marks shared by all DataLoader workers.
     """
 
     def __init__(

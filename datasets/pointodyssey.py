@@ -257,15 +257,26 @@ class _Rejected(Exception):
 class PointOdysseyDataset(Dataset):
     """Training clips of S frames with up to N points from PointOdyssey (v1.0 or v1.2).
 
-    The index holds one clip per (sequence, stride, start) for start in range(0, T - S*stride + 1,
-    clip_step). A clip failing a filter is replaced by a clip drawn from the item's generator (up to
-    `max_tries`, then RuntimeError); item i of epoch e is a pure function of (seed, e, i). Sequences that
-    cannot be read are left out: at indexing (listed in `skipped`) or when one of their files fails to read
-    (marked in `unreadable`, shared by all DataLoader workers, and replaced like a filtered clip);
-    ValueError once no readable sequence is left.
+    Item i of epoch e is a pure function of (seed, e, i). A clip failing a filter, or one of a sequence
+    found unreadable, is replaced by a clip drawn from the item's generator; ValueError once no readable
+    sequence is left.
 
-    req_full=True requires N points surviving every filter; req_full=False (default) accepts N//2 and
-    zero-pads the rest. (The official loader names this the other way round and by default requires N.)
+    Args:
+        dataset_location: the folder that holds the split folder `dset`.
+        S, N: frames and points per clip.
+        strides, clip_step: the index holds one clip per (sequence, stride, start) for start in
+            range(0, T - S*stride + 1, clip_step).
+        crop_size: H,W of every clip.
+        use_augs: apply augment_clip; without it a clip is a random crop or a resize, evenly.
+        req_full: require N points surviving every filter; False accepts N//2 and zero-pads the rest.
+            The official loader names this the other way round and by default requires N.
+        seed: with the epoch and the index, fixes an item's random draws.
+        quick: index only the first sequence.
+        max_tries: how many filtered clips in a row an item draws before RuntimeError.
+
+    Attributes:
+        skipped: the sequences left out at indexing.
+        unreadable: the sequences one of whose files failed to read, marks shared by all DataLoader workers.
     """
 
     def __init__(
@@ -414,11 +425,7 @@ class PointOdysseyDataset(Dataset):
 class PointOdysseyFullSeq(Dataset):
     """Whole evaluation sequences, one item per sequence, frames left on disk.
 
-    Filters: coordinates outside [1, W-2] x [1, H-2] (H,W of the first frame) become invisible and
-    invalid; kept are tracks visible at frame 0, visible in >= 8 frames, and moving < 512 px per frame.
-    Tracks are clamped to 32 px around the frame and N of them picked at linspace indices. Sequences that
-    cannot be indexed are left out and listed in `skipped`; one whose files fail to read when it is read
-    raises UnreadableSequence.
+    An item keeps at most N tracks. Sequences that cannot be indexed are left out and listed in `skipped`.
     """
 
     def __init__(self, dataset_location: str | Path, dset: str = "test", N: int = 256) -> None:
@@ -431,6 +438,15 @@ class PointOdysseyFullSeq(Dataset):
         return len(self.sequences)
 
     def __getitem__(self, index: int) -> EvalSequence:
+        """Sequence `index` with its tracks filtered for evaluation.
+
+        Returns:
+            An EvalSequence at the first frame's H,W. Coordinates outside [1, W-2] x [1, H-2] become
+            invisible and invalid; kept are the tracks visible at frame 0, visible in >= 8 frames and
+            moving < 512 px per frame, clamped to 32 px around the frame, N of them at linspace indices.
+            A file of the sequence that fails to read raises UnreadableSequence, and a sequence with no
+            track left raises ValueError.
+        """
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} sequences")
         seq = self.sequences[index]

@@ -54,7 +54,7 @@ class ClipSample:
     were available) have trajs, visibs and valids all zero.
     """
 
-    rgbs: np.ndarray  # S,H,W,3 uint8 RGB (the layout of every reader; frames_to_rgbs feeds Pips)
+    rgbs: np.ndarray  # S,H,W,3 uint8 RGB, which nets.pips2.frames_to_rgbs turns into the input of Pips
     trajs: np.ndarray  # S,N,2 float32, x,y pixels
     visibs: np.ndarray  # S,N float32, 1 = visible
     valids: np.ndarray  # S,N float32, 1 = annotation valid (occluded points included)

@@ -400,13 +400,17 @@ def visible_in(inst: np.ndarray, trajs: np.ndarray, valids: np.ndarray, layer_id
 
 
 def write_sequence(scene: Scene, seq_dir: Path, schema: str = "v1.2", jpeg_quality: int = 90) -> None:
-    """Writes `scene` in the PointOdyssey layout: rgbs/rgb_%05d.jpg, masks/mask_%05d.png (instance ids,
-    1 = background), then the annotations (last, so an interrupted write leaves no annotation file).
+    """Write `scene` into `seq_dir` in the PointOdyssey layout: rgbs/rgb_%05d.jpg, masks/mask_%05d.png
+    (instance ids, 1 = background), then the annotations (last, so an interrupted write leaves no
+    annotation file).
 
-    v1.2: anno.npz with trajs_2d S,N,2, trajs_3d S,N,3 (camera frame: layer depth as z, projecting
-    to trajs_2d with `intrinsics`), visibs S,N, valids S,N, intrinsics S,3,3, extrinsics S,4,4
-    (identity); info.npz with the shape of trajs_3d. v1.0: annotations.npz with trajs_2d, trajs_3d
-    and visibilities S,N (0 occluded or out of view, 1 visible, 2 invalid).
+    Args:
+        schema: "v1.2" writes anno.npz with trajs_2d S,N,2, trajs_3d S,N,3 (camera frame: layer depth as
+            z, projecting to trajs_2d with `intrinsics`), visibs S,N, valids S,N, intrinsics S,3,3 and
+            extrinsics S,4,4 (identity), and info.npz with the shape of trajs_3d. "v1.0" writes
+            annotations.npz with trajs_2d, trajs_3d, the same intrinsics and extrinsics, and visibilities
+            S,N (0 occluded or out of view, 1 visible, 2 invalid).
+        jpeg_quality: the JPEG quality of the rgb frames.
     """
     if schema not in ("v1.2", "v1.0"):
         raise ValueError(f"schema must be 'v1.2' or 'v1.0', got {schema!r}")

@@ -61,13 +61,14 @@ def ramp_sequence(T: int = 5) -> EvalSequence:
     """Frames of STORED_HW whose red channel is 2x, green 3y and blue 10 t; three points.
 
     Point 0 moves 1.5 px/frame in x, point 1 moves 15/16 px/frame in y and is occluded from frame 3 on,
-    point 2 is not valid at frame 0 (not a query). At EVAL_HW the still prediction is off by 3 t (point 0)
-    and 5 t (point 1) normalised pixels: 1.5 * 3/4 * 256/96 = 3 and 15/16 * 4/3 * 256/64 = 5.
+    point 2 is not valid at frame 0 (not a query).
     """
     H, W = STORED_HW
     yy, xx = np.mgrid[:H, :W]
     frames = np.stack([np.stack([2 * xx, 3 * yy, np.full_like(xx, 10 * t)], -1) for t in range(T)])
     t = np.arange(T, dtype=np.float32)
+    # At EVAL_HW a still prediction is off by 3 t (point 0) and 5 t (point 1) normalised pixels:
+    # 1.5 * 3/4 * 256/96 = 3 and 15/16 * 4/3 * 256/64 = 5.
     trajs = np.zeros((T, 3, 2), np.float32)
     trajs[:, 0] = np.stack([40 + 1.5 * t, np.full(T, 12.0)], -1)
     trajs[:, 1] = np.stack([np.full(T, 80.0), 24 + 15 / 16 * t], -1)
@@ -109,8 +110,8 @@ def test_a_sequence_evaluated_at_another_resolution_by_hand(resize: str, red: fl
     expected |= {"d_avg_visible": 100 / 3, "d_avg_occluded": 10.0}
     expected |= {"occlusion_accuracy": 87.5}  # point 1 at frame 3 is occluded but predicted visible
     # TAP-Vid jaccard in the 256x256 space (the same errors): 6 visible entries, 7 predicted visible (point 1
-    # at frame 3 is occluded); within 1, 2: none; 4: one (0/1 true positive / false positives 1/6); 8: 3/4;
-    # 16: 6/1 -> jaccard 0, 0, 1/(6+6), 3/(6+4), 6/(6+1)
+    # at frame 3 is occluded). True/false positives within 1, 2: 0/7; 4: 1/6; 8: 3/4; 16: 6/1.
+    # Each jaccard is true positives / (visible + false positives): 0, 0, 1/(6+6), 3/(6+4), 6/(6+1).
     expected |= {"average_jaccard": (1 / 12 + 3 / 10 + 6 / 7) / 5 * 100}
     for k, v in expected.items():
         assert row[k] == pytest.approx(v), k

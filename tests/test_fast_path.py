@@ -141,8 +141,9 @@ def check_fused_against_pytorch(fused_corr, case: tuple, radius: int, atol: floa
         torch.testing.assert_close(got, want, atol=atol, rtol=0)
 
 
-INTERPRETER_CASES = [(16, 13, 17, 4, 3), (12, 9, 10, 3, 2)]  # C,H,W,levels,R: level 3 of H=13 has one row;
-# C=12 and R=2 leave masked lanes in the kernel's blocks
+# C,H,W,levels,R. In the first case, level 3 of H=13 has one row.
+# In the second, C=12 and R=2 leave masked lanes in the kernel's blocks.
+INTERPRETER_CASES = [(16, 13, 17, 4, 3), (12, 9, 10, 3, 2)]
 
 
 def check_interpreted_cases() -> None:

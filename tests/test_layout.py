@@ -8,7 +8,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("utils", "nets", "datasets", "tracking", "bench")
-# what each package may import from the project; bench/ is script-level code that no script imports
+# What each package may import from the project.
+# bench/ is script-level code: of the scripts, only benchmark.py imports it.
 ALLOWED = {
     "utils": set(),
     "nets": {"utils"},

@@ -29,11 +29,10 @@ def test_pips_metrics_match_official_fixture():
 
 
 def _toy_pips():
-    """3 frames, 3 points on a 256x256 image (no rescaling); errors along x.
+    """3 frames, 3 points on a 256x256 image (no rescaling), with errors along x.
 
-    point 0: errors 0, 3, 20, all valid
-    point 1: errors 0, 0.5, 10, frame 2 invalid
-    point 2: error 100 everywhere, never valid
+    Point 0 is off by 0, 3, 20 and always valid; point 1 by 0, 0.5, 10 and invalid at frame 2; point 2 by
+    100 everywhere and never valid.
     """
     trajs_g = np.full((1, 3, 3, 2), 50.0, dtype=np.float32)
     errors = np.array([[0, 0, 100], [3, 0.5, 100], [20, 10, 100]], dtype=np.float32)  # S,N

@@ -139,12 +139,7 @@ def test_progress_counts_the_frames_of_both_passes() -> None:
 class MemoryModel(torch.nn.Module):
     """Stands in for Pips, with an output that depends on everything a window is given.
 
-    Frames hold their global index (clock_video). Every frame but the window's first moves +1 px in x from
-    its initial position, and in y by an offset read from the templates passed in: feats1 + feats2 / 100 +
-    feats4 / 10000 (0 without templates). The templates it returns follow Pips: feats1 is kept from
-    feat_init (else 1 + the window's first frame index), feats2 is 1 + the window's first frame index and
-    feats4 1 + its last. The visibility logits are the frame index plus 1/100 of the window's first one, and
-    the confidence logits their negative.
+    Frames hold their global index (clock_video). The comments in forward state its rules.
     """
 
     def forward(self, trajs_e0, rgbs, iters=3, feat_init=None) -> PipsOutput:
@@ -155,19 +150,24 @@ class MemoryModel(torch.nn.Module):
         def template(value: torch.Tensor) -> torch.Tensor:
             return value.view(B, 1, 1, 1).expand(B, S, N, 1)  # B,S,N,1
 
+        # Every frame but the window's first moves +1 px in x from its initial position.
         coords = trajs_e0.clone()
         coords[:, 1:, :, 0] += 1
+        # Those frames also move in y by feats1 + feats2 / 100 + feats4 / 10000 of the templates passed in.
         if feat_init is not None:
             f1, f2, f4 = (f[:, :S, :, 0] for f in feat_init)  # B,S,N each
             coords[:, 1:, :, 1] += (f1 + f2 / 100 + f4 / 10000)[:, 1:]
+        # The returned templates follow Pips: feats1 is kept from feat_init, else 1 + the first frame index.
         feats1 = feat_init[0][:, :S] if feat_init is not None else template(first + 1)
+        # feats2 is 1 + the window's first frame index and feats4 is 1 + its last.
         feats = (feats1, template(first + 1), template(last + 1))
+        # The visibility logits are the frame index plus 1/100 of the window's first; conf is their negative.
         vis = (stamps + first[:, None] / 100)[..., None].expand(B, S, N)  # B,S,N
         return PipsOutput(coords, [coords], feats, vis=vis, conf=-vis)
 
 
 def test_each_window_starts_from_the_previous_tracks_and_templates() -> None:
-    # T=10, S=4: windows [0,4), [3,7), [6,10), worked through by hand (MemoryModel's docstring)
+    # T=10, S=4: windows [0,4), [3,7), [6,10), worked through by hand (MemoryModel's rules)
     xy = torch.tensor([[[5.0, 2.0], [7.0, 1.0]]])
     out = track_from_first_frame(MemoryModel(), TensorFrames(clock_video(1, 10)), xy, S=4, iters=1)
     dx = torch.tensor([0, 1, 1, 1, 2, 2, 2, 3, 3, 3], dtype=torch.float32)

@@ -202,12 +202,14 @@ class Progress:
 def evaluate_sequence(
     model: Pips, seq: EvalSequence, protocol: EvalProtocol, log_visuals: Callable | None = None
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Track one sequence from its points valid at frame 0 and score it -> (result row, trajs_e T,N',2).
+    """Track one sequence from its points valid at frame 0 and score it.
 
-    The row holds name, num_frames, num_points, rtime (seconds reading frames), itime (seconds in the
-    model), the PIPs++ metrics at the evaluated resolution, d_avg_visible and d_avg_occluded (the same
-    d_avg over the frames where the point is visible, or occluded; None where there are none), with a
-    visibility head the occlusion_accuracy, then the protocol's extra metrics.
+    Returns:
+        The result row and trajs_e T,N',2. The row holds name, num_frames, num_points, rtime (seconds
+        reading frames), itime (seconds in the model), the PIPs++ metrics at the evaluated resolution,
+        d_avg_visible and d_avg_occluded (the same d_avg over the frames where the point is visible, or
+        occluded; None where there are none), with a visibility head the occlusion_accuracy and
+        average_jaccard, then the protocol's extra metrics.
     """
     device = next(model.parameters()).device
     size = protocol.image_size
@@ -292,10 +294,15 @@ def evaluate_dataset(
 ) -> EvalResults:
     """Evaluate the first `num_videos` sequences of `dataset` (None = all) one by one (evaluate_sequence).
 
-    Prints the official line per video (running means over videos) above the progress bars, and logs each
-    video's metrics to TensorBoard at step = video index (and its tracks when log_gifs). A sequence that
-    cannot be read (datasets.sample.UnreadableSequence) is skipped with one warning. With `progress`, each
-    video's outcome is recorded as it ends, and videos it holds from an earlier run are not run again.
+    Prints the official line per video (running means over videos) above the progress bars. A sequence that
+    cannot be read (datasets.sample.UnreadableSequence) or has no point valid at frame 0 is skipped with one
+    warning.
+
+    Args:
+        log: the TensorBoard logger that takes each video's metrics at step = video index.
+        log_gifs: also log each video's tracks.
+        progress: records each video's outcome as it ends; the videos it holds from an earlier run are not
+            run again.
     """
     results = EvalResults(skipped=list(getattr(dataset, "skipped", [])))
     num_videos = len(dataset) if num_videos is None else min(num_videos, len(dataset))

@@ -366,11 +366,18 @@ def run(
     prog: str | None = None,
     description: str | None = None,
 ) -> None:
-    """Read the command line (default: sys.argv), resolve the config and call `main` with it, as the module
-    docstring describes. `resolve_config` builds the config from the flags (a script's own precedence) and
-    lines that tell how, printed before `main` runs (as comments above the YAML of --print_config). `prog`
-    (default: the script's file name) and `description` (default: the docstring of `main`'s module) head
-    --help, e.g. for the modes of one script."""
+    """Read the command line, resolve the config and call `main` with it, as the module docstring describes.
+
+    Args:
+        main: the script's work, called with the resolved config.
+        cls: the script's frozen config dataclass.
+        resolve_config: builds the config from the flags (a script's own precedence) and lines that tell
+            how, printed before `main` runs (as comments above the YAML of --print_config).
+        argv: the arguments after the program name; default sys.argv[1:].
+        prog: the program name that heads --help; default the script's file name.
+        description: the text that heads --help (say, for one of a script's modes); default the docstring
+            of `main`'s module.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = prog or Path(sys.argv[0]).name
     if description is None:

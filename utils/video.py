@@ -31,7 +31,7 @@ _GIF_FILTER = "split[a][b];[a]palettegen[p];[b][p]paletteuse"
 
 
 class VideoInfo(NamedTuple):
-    num_frames: int  # as the container announces it (see video_info); decoding may yet come up short
+    num_frames: int  # the count the container announces (see video_info), which decoding may not reach
     height: int
     width: int
     fps: float | None  # None for a folder of images
@@ -185,15 +185,17 @@ def read_frames(
 
 
 class VideoWriter:
-    """Streaming writer: H.264 (yuv420p, constant quality `crf`) in mp4/mov/mkv, or a looping gif.
+    """Streaming writer: H.264 (yuv420p) in mp4/mov/mkv, or a looping gif.
 
-    The format comes from the file extension unless `format` is given ('mp4', 'mov', 'mkv', 'gif'),
-    so one can write to a temporary name and rename it. H.264 with yuv420p needs an even height and
-    width; frames are never resized, so odd sizes raise ValueError (gifs take any size).
+    H.264 with yuv420p needs an even height and width; frames are never resized, so odd sizes raise
+    ValueError (gifs take any size). Use: `with VideoWriter("out.mp4") as writer: writer.write(frame)`.
 
-        with VideoWriter("out.mp4", fps=24) as writer:
-            for frame in frames:
-                writer.write(frame)
+    Args:
+        path: the file to write.
+        fps: frames per second.
+        crf: the constant quality of H.264 (lower is better).
+        format: 'mp4', 'mov', 'mkv' or 'gif'; default the file extension, so that one can write to a
+            temporary name and rename it.
     """
 
     def __init__(self, path: str | Path, fps: float = 24, crf: int = 20, format: str | None = None) -> None:
@@ -219,7 +221,8 @@ class VideoWriter:
             encode = ["-vf", _GIF_FILTER, "-loop", "0"]
         else:
             encode = ["-c:v", "libx264", "-crf", str(self.crf), "-pix_fmt", "yuv420p"]
-            if self.format in ("mp4", "mov"):  # index first: players start at once, a cut-off copy opens
+            if self.format in ("mp4", "mov"):
+                # The index goes first, so that players start at once and a cut-off copy still opens.
                 encode += ["-movflags", "+faststart"]
         return [
             imageio_ffmpeg.get_ffmpeg_exe(),
