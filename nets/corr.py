@@ -95,12 +95,9 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def fused_disagreement(
     device: torch.device, channels: int, templates: int, levels: int, radius: int, backward: bool
 ) -> str | None:
-    """How the fused kernel disagrees with the PyTorch path on `device`, or None if it agrees.
-
-    Both run, in float32, on a small random problem shaped like the model's (channels, templates, pyramid
-    levels, radius), with windows inside, across and beyond the border of the maps; with `backward`, the
-    gradients of the features and templates are compared too.
-    """
+    """How the fused kernel disagrees with the PyTorch path on `device`, or None if it agrees: both run in
+    float32 on a small random problem of the model's shape, with windows inside, across and beyond the maps'
+    border; with `backward`, the gradients of the features and templates are compared too."""
     g = torch.Generator().manual_seed(0)
     S, N = 2, 5
     H, W = 3 * 2 ** (levels - 1), 4 * 2 ** (levels - 1)  # the coarsest level is still 3x4
@@ -126,12 +123,9 @@ def fused_disagreement(
 
 
 class CorrBlock:
-    """Correlation of per-frame template features with a feature pyramid, sampled around coords.
-
-    Built once per forward from the pyramid; `sample` takes the templates and the current coords.
-    Under autograd the window features are recomputed in backward instead of stored. With `fused`, CUDA
-    tensors and Triton, `sample_concat` runs the fused kernel of nets/corr_triton.py instead.
-    """
+    """Correlation of per-frame template features with a feature pyramid, sampled around coords; built once
+    per forward, `sample` takes the templates and the current coords. Under autograd the window features are
+    recomputed in backward; with `fused`, CUDA tensors and Triton, the kernel of nets/corr_triton.py runs."""
 
     def __init__(self, pyramid: list[torch.Tensor], radius: int = 3, fused: bool = False) -> None:
         self.pyramid = pyramid

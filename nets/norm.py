@@ -7,11 +7,8 @@ import torch.nn.functional as F
 
 class InstanceNorm(nn.Module):
     """Instance norm without parameters over every dim after the channels (InstanceNorm1d/2d, affine=False).
-
-    With `fast` set, the statistics come from one float32 var_mean pass and the output keeps the input's
-    dtype and memory layout: F.instance_norm copies channels_last input to NCHW and reduces through batch
-    norm kernels with B*C channels. Both forms agree to float32 rounding.
-    """
+    With `fast`, one float32 var_mean pass keeps the input's dtype and memory layout (F.instance_norm copies
+    channels_last input to NCHW and reduces through batch-norm kernels); both agree to float32 rounding."""
 
     def __init__(self, eps: float = 1e-5) -> None:
         super().__init__()

@@ -43,11 +43,11 @@ EDGE_UNIT = 4.0  # feature pixels: the visibility head sees distances to the fra
 class Pips(nn.Module):
     """PIPs++ with the official parameter names, so the published checkpoint loads with strict=True.
 
-    With vis_head=True a small delta block (prefix vis_head.*) reads the correlations at the final tracks,
-    their motion and their distance to the frame's edge (a point outside the frame is not visible), and gives
-    per frame and point a visibility logit and a confidence logit (is the track within a few pixels?). It runs
-    after the refinement on inputs that carry no gradient, so the tracks are those of the same backbone
-    without it and its loss trains the head alone.
+    Attributes:
+        vis_head: with vis_head=True, a small delta block (vis_head.*) reading the correlations at the final
+            tracks, their motion and their distance to the frame's edge, and gives per frame and point a
+            visibility logit and a confidence logit (is the track within a few pixels?). Its inputs carry no
+            gradient, so the tracks are the backbone's alone and its loss trains the head alone.
     """
 
     def __init__(
@@ -90,25 +90,18 @@ class Pips(nn.Module):
                 module.fast = precision.fast
 
     def set_fast(self, enabled: bool = True, dtype: torch.dtype | None = torch.bfloat16) -> "Pips":
-        """Switch between the exact float32 path (the default) and the fast path (nets/precision.py).
-
-        The fast path runs the encoder in channels_last memory, normalises with one-pass float32 statistics,
-        uses the fused Triton correlation on CUDA when Triton imports, and autocasts the encoder and the delta
-        blocks to `dtype` (None or torch.float32: no autocast). Parameters and checkpoints are unchanged.
-        """
+        """Switch between the exact float32 path (the default) and the fast path (nets/precision.py):
+        channels_last encoder, one-pass float32 norm statistics, the fused Triton correlation on CUDA, and
+        autocast of the encoder and delta blocks to `dtype` (None or float32: none). Weights are unchanged."""
         fast = Precision(True, dtype or torch.float32)
         self.precision = fast if enabled else EXACT
         return self
 
     def set_recompute(self, enabled: bool = True) -> "Pips":
-        """Train in a fraction of the memory: under autograd, recompute activations in backward rather than
-        store them (the default stores everything).
-
-        The encoder's chunks of frames (GRAD_CHUNK_PIXELS) store only their feature maps, and backward re-runs
-        the encoder one chunk at a time; each iteration's delta block keeps only its layers' outputs
-        (recompute_between_layers). The gradients are those of the store-everything path (the same kernels on
-        the same inputs); a step costs one more encoder forward. Inference is unchanged. Works with set_fast.
-        """
+        """Under autograd, recompute activations in backward instead of storing them: the same gradients in a
+        fraction of the memory, for one more encoder forward per step. Inference is unchanged."""
+        # The encoder's chunks of frames (GRAD_CHUNK_PIXELS) keep only their feature maps; backward re-runs
+        # them one chunk at a time. Each iteration's delta block keeps only its layers' outputs.
         self.recompute = enabled
         return self
 
@@ -181,12 +174,9 @@ class Pips(nn.Module):
 
     @staticmethod
     def sample_templates(fmaps: torch.Tensor, coords: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor:
-        """Features of frame frame_ids[t] at coords[:, frame_ids[t]], border-clamped -> B,S,N,C.
-
-        Every frame is sampled at its own coords, then the frames are picked: indexing fmaps by frame_ids
-        first would copy a feature map per frame and keep the copies for backward (2.6 GB per step at
-        S=64, 512x896).
-        """
+        """Features of frame frame_ids[t] at coords[:, frame_ids[t]], border-clamped -> B,S,N,C."""
+        # Every frame is sampled at its own coords, then the frames are picked: indexing fmaps by frame_ids
+        # first would copy a feature map per frame and keep the copies for backward (2.6 GB at S=64, 512x896).
         B, S, C, H8, W8 = fmaps.shape
         N = coords.shape[2]
         feats = bilinear_sample_border(fmaps.reshape(B * S, C, H8, W8), coords.reshape(B * S, N, 2))  # BS,N,C

@@ -60,13 +60,9 @@ def save(
     keep_latest: int = 5,
     **extra: Any,
 ) -> Path:
-    """Write `<ckpt_dir>/model-<step>.pth` atomically and keep the newest `keep_latest` checkpoints.
-
-    Temporary files a killed save left behind are removed first (one process saves into a run directory).
-    The file gets the permissions of the user's umask. `extra` entries (e.g. config=dict, rng=...) are
-    stored beside the state dicts; keep them to tensors and plain Python values so the file loads with
-    `weights_only=True`.
-    """
+    """Write `<ckpt_dir>/model-<step>.pth` atomically (with the user's umask) and keep the newest
+    `keep_latest`; temporary files a killed save left behind go first. `extra` entries (e.g. config=dict) are
+    stored beside the state dicts: tensors and plain Python values, so the file loads with weights_only."""
     d = Path(ckpt_dir)
     d.mkdir(parents=True, exist_ok=True)
     for leftover in d.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
@@ -177,13 +173,13 @@ def load(
     strict: bool = True,
     optional: tuple[str, ...] = (),
 ) -> int:
-    """Load a checkpoint (a file, or a directory's newest readable one) into model (and optimizer,
-    scheduler).
+    """Load a checkpoint (a file, or a directory's newest readable one) into model (and optimizer, scheduler).
 
-    Returns the checkpoint's step. Raises FileNotFoundError for a missing path, ValueError naming the file for
-    a corrupt one or, with strict=True, listing the missing and unexpected parameter names. Parameters whose
-    names start with one of the `optional` prefixes may be missing from the file: they keep their
-    initialisation, and one warning says so.
+    Returns:
+        The checkpoint's step. Raises FileNotFoundError for a missing path, ValueError naming the file for a
+        corrupt one or, with strict=True, listing the missing and unexpected parameter names. Parameters
+        whose names start with one of the `optional` prefixes may be missing: they keep their initialisation,
+        and one warning says so.
     """
     return load_state(*read_newest(path), model, optimizer, scheduler, strict, optional)
 
