@@ -24,11 +24,11 @@ import torch
 from tqdm import tqdm
 
 from tracking.frames import MIN_SIDE, check_size
-from tracking.predictor import PipsTracker, build_model, check_queries, grid_queries
+from tracking.predictor import PipsTracker, PredictionInterrupted, build_model, check_queries, grid_queries
 from utils.checkpoint import REFERENCE_DIR
-from utils.config import UsageError, knob, require, run
+from utils.config import INTERRUPT_EXIT, UsageError, knob, require, run
 from utils.logger import Logger
-from utils.video import VideoWriter, read_video, video_info
+from utils.video import VideoInfo, VideoWriter, read_video, video_info
 from utils.vis import colors_by_position, draw_tracks
 
 
@@ -130,6 +130,35 @@ class DemoConfig:
             raise UsageError(f"--{err}") from None
 
 
+def write_drawn(
+    cfg: DemoConfig,
+    video_path: Path,
+    tracks: np.ndarray,
+    visibility: np.ndarray | None,
+    query_rows: torch.Tensor,
+    info: VideoInfo,
+    video_fps: float,
+) -> int:
+    """Writes the video's first len(tracks) frames with the tracks drawn to `video_path` (and TensorBoard
+    gifs with --log_dir); the count of frames written. The mp4 is closed and plays even when interrupted."""
+    colors = colors_by_position(query_rows[:, 1:].numpy(), info.height, info.width)  # N,3
+    radius = max(2, round(min(info.height, info.width) / 180))
+    log = Logger(cfg.log_dir, enabled=bool(cfg.log_dir))
+    try:
+        with VideoWriter(video_path, fps=cfg.fps or video_fps) as writer:
+            visible = None if visibility is None else visibility > 0.5
+            drawn = drawn_frames(cfg.filename, tracks, visible, colors, cfg.trail, radius, chunk=cfg.S)
+            with tqdm(total=len(tracks), desc="drawing", unit="frame") as bar:
+                for step, frames in enumerate(drawn):
+                    for frame in _even(frames):
+                        writer.write(frame)
+                    log.gif("outputs/tracks", frames, step, fps=round(cfg.fps or video_fps))
+                    bar.update(len(frames))
+    finally:
+        log.close()
+    return writer.num_frames
+
+
 def main(cfg: DemoConfig) -> None:
     if not cfg.filename:
         raise ValueError("no video given: pass --filename <video file or folder of frames>")
@@ -150,11 +179,18 @@ def main(cfg: DemoConfig) -> None:
     # each distinct query frame is a forward and a backward pass that together track T-1 frames
     total = (T - 1) * len(query_rows[:, 0].unique())
     began = time.perf_counter()
-    with tqdm(total=total, desc="tracking", unit="frame") as bar:
-        result = tracker.predict(cfg.filename, queries=query_rows, max_frames=T, progress=bar.update)
+    interrupted = False
+    try:
+        with tqdm(total=total, desc="tracking", unit="frame") as bar:
+            result = tracker.predict(cfg.filename, queries=query_rows, max_frames=T, progress=bar.update)
+    except PredictionInterrupted as stop:
+        result, interrupted = stop.partial, True
+        if len(result.tracks) == 0:
+            print("interrupted before any frame was tracked: nothing written")
+            raise SystemExit(INTERRUPT_EXIT) from None
     tracks = result.tracks  # T',N,2
     seconds = time.perf_counter() - began
-    if len(tracks) < T:
+    if len(tracks) < T and not interrupted:
         print(f"the video holds {len(tracks)} readable frames of the {T} its container announces")
     T = len(tracks)
 
@@ -168,21 +204,25 @@ def main(cfg: DemoConfig) -> None:
         if result.visibility is None
         else {"visibility": result.visibility, "confidence": result.confidence}
     )
-    np.savez(npz_path, tracks=tracks, queries=query_rows.numpy(), fps=np.float32(video_fps), **head)
+    np.savez(
+        npz_path,
+        tracks=tracks,
+        queries=query_rows.numpy(),
+        fps=np.float32(video_fps),
+        num_frames=np.int64(T),
+        **head,
+    )
     video_path = out / f"{name}_tracks.mp4"
-    colors = colors_by_position(query_rows[:, 1:].numpy(), info.height, info.width)  # N,3
-    radius = max(2, round(min(info.height, info.width) / 180))
-    log = Logger(cfg.log_dir, enabled=bool(cfg.log_dir))
-    with VideoWriter(video_path, fps=cfg.fps or video_fps) as writer:
-        visible = None if result.visibility is None else result.visibility > 0.5
-        drawn = drawn_frames(cfg.filename, tracks, visible, colors, cfg.trail, radius, chunk=cfg.S)
-        with tqdm(total=T, desc="drawing", unit="frame") as bar:
-            for step, frames in enumerate(drawn):
-                for frame in _even(frames):
-                    writer.write(frame)
-                log.gif("outputs/tracks", frames, step, fps=round(cfg.fps or video_fps))
-                bar.update(len(frames))
-    log.close()
+    if interrupted:
+        print(f"interrupted: wrote the tracks of the first {T} frames to {npz_path}; drawing them")
+    try:
+        drawn = write_drawn(cfg, video_path, tracks, result.visibility, query_rows, info, video_fps)
+    except KeyboardInterrupt:
+        print(f"interrupted while drawing: {video_path} is closed and plays; {npz_path} holds every track")
+        raise SystemExit(INTERRUPT_EXIT) from None
+    if interrupted:
+        print(f"wrote {video_path} ({drawn} frames) and {npz_path}")
+        raise SystemExit(INTERRUPT_EXIT)
     speed = f"{T / seconds:.2f} frames/s"
     print(f"tracked {len(query_rows)} points through {T} frames in {seconds:.1f} s ({speed})")
     gifs = f"; TensorBoard gifs in {cfg.log_dir}" if cfg.log_dir else ""

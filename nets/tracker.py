@@ -44,6 +44,15 @@ class VideoTracks(NamedTuple):
     conf: torch.Tensor | None = None  # B,T,N confidence logits
 
 
+class TrackingInterrupted(KeyboardInterrupt):
+    """Ctrl-C while tracking. `partial` holds the frames done, as VideoTracks over frames [0, T'): the
+    tracks of the points whose passes had reached them, NaN for the points not tracked yet."""
+
+    def __init__(self, partial: VideoTracks) -> None:
+        super().__init__()
+        self.partial = partial
+
+
 class _ReversedFrames:
     """Local time i of this source is frame `last - i` of the base source."""
 
@@ -96,31 +105,38 @@ def track_from_first_frame(
     trajs = xy.detach()[:, None].repeat(1, T, 1, 1).float()  # B,T,N,2 zero-velocity init
     logits: dict[str, torch.Tensor] = {}  # vis, conf: B,T,N each
     cur, done, feat_init = 0, 1, None
-    while T >= 2:
-        end = cur + S
-        if end > T:
-            cur, end = max(cur - (end - T), 0), T
-        rgbs = source.get(cur, end)  # B,S',3,H,W
-        if rgbs.shape[1] < end - cur:  # the video ended early: lay the windows out again over what exists
-            T = source.num_frames
-            trajs = trajs[:, :T]
-            logits = {k: v[:, :T] for k, v in logits.items()}
-            continue
-        with torch.no_grad():
-            out = model(trajs[:, cur:end], rgbs, iters=iters, feat_init=feat_init)
-        trajs[:, cur:end] = out.tracks.to(trajs.device)
-        trajs[:, end:] = trajs[:, end - 1 : end]
-        for name in ("vis", "conf"):
-            value = getattr(out, name)
-            if value is not None:
-                logits.setdefault(name, trajs.new_zeros(trajs.shape[:3]))[:, cur:end] = value.to(trajs.device)
-        feat_init = out.feats
-        if progress is not None and end > done:
-            progress(end - done)
-            done = end
-        if end >= T:
-            break
-        cur += S - 1
+    try:
+        while T >= 2:
+            end = cur + S
+            if end > T:
+                cur, end = max(cur - (end - T), 0), T
+            rgbs = source.get(cur, end)  # B,S',3,H,W
+            if rgbs.shape[1] < end - cur:  # the video ended early: lay the windows out again over what exists
+                T = source.num_frames
+                trajs = trajs[:, :T]
+                logits = {k: v[:, :T] for k, v in logits.items()}
+                continue
+            with torch.no_grad():
+                out = model(trajs[:, cur:end], rgbs, iters=iters, feat_init=feat_init)
+            trajs[:, cur:end] = out.tracks.to(trajs.device)
+            trajs[:, end:] = trajs[:, end - 1 : end]
+            for name in ("vis", "conf"):
+                value = getattr(out, name)
+                if value is not None:
+                    logits.setdefault(name, trajs.new_zeros(trajs.shape[:3]))[:, cur:end] = value.to(
+                        trajs.device
+                    )
+            feat_init = out.feats
+            if end > done:
+                if progress is not None:
+                    progress(end - done)
+                done = end
+            if end >= T:
+                break
+            cur += S - 1
+    except KeyboardInterrupt:
+        kept = [logits[k][:, :done] if k in logits else None for k in ("vis", "conf")]
+        raise TrackingInterrupted(VideoTracks(trajs[:, :done], *kept)) from None
     return VideoTracks(trajs, logits.get("vis"), logits.get("conf"))
 
 
@@ -162,22 +178,56 @@ def track(
         keep = torch.arange(n, device=queries.device)[None] < count[:, None]  # B,n
         order = torch.where(keep, order, order[:, :1])
         xy = torch.gather(queries[..., 1:], 1, order[..., None].expand(B, n, 2))  # B,n,2
-        fwd = track_from_first_frame(model, _ShiftedFrames(source, t), xy, S, iters, progress)  # B,T-t,n,..
-        back = track_from_first_frame(model, _ReversedFrames(source, t), xy, S, iters, progress)  # B,t+1,n,..
-        b_idx, j_idx = keep.nonzero(as_tuple=True)
-        for i, (back_i, fwd_i) in enumerate(zip(back, fwd, strict=True)):
-            if back_i is None and fwd_i is None:
-                continue
-            # a pass over a single frame (the query's own) calls no model: take that frame from the other
-            before = back_i.flip(1) if back_i is not None else fwd_i[:, :1]  # frames 0..t
-            after = fwd_i[:, 1:] if fwd_i is not None else before[:, :0]  # frames t+1..
-            seg = torch.cat([before, after], dim=1)  # B,T',n,...
-            if result is None:
-                result = [None, None, None]
-            if result[i] is None:
-                result[i] = seg.new_zeros(B, seg.shape[1], N, *seg.shape[3:])
-            result[i] = result[i][:, : seg.shape[1]]  # a video that ended early keeps the frames that exist
-            result[i][b_idx, :, order[b_idx, j_idx]] = seg[b_idx, :, j_idx]
+        fwd = None
+        try:
+            # forward over frames t.., then backward over frames t..0
+            fwd = track_from_first_frame(model, _ShiftedFrames(source, t), xy, S, iters, progress)
+            back = track_from_first_frame(model, _ReversedFrames(source, t), xy, S, iters, progress)
+        except TrackingInterrupted as stop:
+            if t == 0 and fwd is None:  # the first pass from frame 0: keep the frames it reached
+                only_query = track_from_first_frame(model, _ReversedFrames(source, 0), xy, S, iters)
+                result = _place(result, stop.partial, only_query, order, keep, N)
+            todo = t_q > t if t == 0 and fwd is None else t_q >= t  # B,N: points without a track yet
+            raise TrackingInterrupted(_unfinished(result, todo, B, N)) from None
+        result = _place(result, fwd, back, order, keep, N)
     if result is None:  # no query
         return VideoTracks(queries.new_zeros(B, T, 0, 2))
     return VideoTracks(*result)
+
+
+def _place(
+    result: list[torch.Tensor | None] | None,
+    fwd: VideoTracks,
+    back: VideoTracks,
+    order: torch.Tensor,
+    keep: torch.Tensor,
+    N: int,
+) -> list[torch.Tensor | None]:
+    """`result` (tracks, vis, conf over all N points) with the passes of one query frame's points written in:
+    `order` B,n holds their indices, `keep` B,n which of them are real (not padding)."""
+    B = order.shape[0]
+    b_idx, j_idx = keep.nonzero(as_tuple=True)
+    result = [None, None, None] if result is None else result
+    for i, (back_i, fwd_i) in enumerate(zip(back, fwd, strict=True)):
+        if back_i is None and fwd_i is None:
+            continue
+        # a pass over a single frame (the query's own) calls no model: take that frame from the other
+        before = back_i.flip(1) if back_i is not None else fwd_i[:, :1]  # frames 0..t
+        after = fwd_i[:, 1:] if fwd_i is not None else before[:, :0]  # frames t+1..
+        seg = torch.cat([before, after], dim=1)  # B,T',n,...
+        if result[i] is None:
+            result[i] = seg.new_zeros(B, seg.shape[1], N, *seg.shape[3:])
+        result[i] = result[i][:, : seg.shape[1]]  # a video that ended early keeps the frames that exist
+        result[i][b_idx, :, order[b_idx, j_idx]] = seg[b_idx, :, j_idx]
+    return result
+
+
+def _unfinished(result: list[torch.Tensor | None] | None, todo: torch.Tensor, B: int, N: int) -> VideoTracks:
+    """The tracks so far, NaN for the points `todo` (B,N) marks; no frame when no pass had finished."""
+    if result is None or result[0] is None:
+        return VideoTracks(todo.new_full((B, 0, N, 2), float("nan"), dtype=torch.float32))
+    fields = []
+    for r in result:
+        mask = None if r is None else todo.view(B, 1, N, *([1] * (r.dim() - 3)))
+        fields.append(None if r is None else r.masked_fill(mask, float("nan")))
+    return VideoTracks(*fields)

@@ -1,3 +1,6 @@
+import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +140,36 @@ def test_more_bad_input(tmp_path) -> None:
         load_queries(tmp_path / "pairs.npy")
     with pytest.raises(ValueError, match="must be a .txt or .npy file"):
         load_queries(tmp_path / "q.csv")
+
+
+def test_ctrl_c_while_tracking_keeps_the_frames_done(tmp_path) -> None:
+    """SIGINT to the real demo once the tracking bar has passed 20 frames: the npz holds the tracks of the
+    frames done (and their count), the mp4 plays with as many frames, and a line says so."""
+    video = make_video(tmp_path / "long.mp4", T=240, H=64, W=96)
+    cmd = [sys.executable, "demo.py", "--filename", str(video), "--N", "16", "--S", "8", "--iters", "1"]
+    cmd += [
+        "--image_size",
+        "64,96",
+        "--random_weights",
+        "--device",
+        "cpu",
+        "--out_dir",
+        str(tmp_path / "out"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    seen = b""
+    while not re.search(rb"tracking: .*\| *(2\d|[3-9]\d|1\d\d)/239", seen):
+        chunk = proc.stderr.read1(4096)
+        assert chunk, seen.decode()[-2000:]
+        seen += chunk
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and b"Traceback" not in err, (out + err).decode()[-3000:]
+    saved = np.load(tmp_path / "out" / "long_tracks.npz")
+    frames = int(saved["num_frames"])
+    assert (
+        20 <= frames < 240 and saved["tracks"].shape == (frames, 16, 2) and np.isfinite(saved["tracks"]).all()
+    )
+    assert f"interrupted: wrote the tracks of the first {frames} frames" in out.decode()
+    assert len(read_frames(tmp_path / "out" / "long_tracks.mp4")) == frames

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from nets.pips2 import Pips, PipsOutput
-from nets.tracker import track, track_from_first_frame
+from nets.tracker import TrackingInterrupted, track, track_from_first_frame
 
 
 class TensorFrames:
@@ -304,3 +304,38 @@ def test_progress_is_not_told_of_a_window_laid_out_again_over_tracked_frames() -
         ClockModel(), source, torch.zeros(1, 1, 2), S=6, iters=1, progress=steps.append
     )
     assert steps == [5] and out.tracks.shape == (1, 6, 1, 2)
+
+
+class StoppedModel(ClockModel):
+    """ClockModel until its call number `stop_at` (from 0), which meets Ctrl-C."""
+
+    def __init__(self, stop_at: int) -> None:
+        super().__init__()
+        self.stop_at = stop_at
+
+    def forward(self, *args, **kwargs) -> PipsOutput:
+        if len(self.calls) == self.stop_at:
+            raise KeyboardInterrupt
+        return super().forward(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "stop_at,frames,tracked",
+    [
+        (0, 1, [True, False]),  # before any window: frame 0, the query frame, only
+        (2, 7, [True, False]),  # in the third window of the pass from frame 0: frames 0..6 done
+        (4, 10, [True, False]),  # in the forward pass from frame 5: the frame-0 point is done
+        (5, 10, [True, False]),  # in the backward pass from frame 5
+    ],
+)
+def test_ctrl_c_gives_the_frames_done_and_nan_for_points_not_yet_tracked(stop_at, frames, tracked) -> None:
+    # T=10, S=4: the pass from frame 0 is calls 0, 1, 2 (windows at 0, 3, 6); the point at frame 5 runs
+    # forward over frames 5..9 (calls 3, 4) and backward over 5..0 (calls 5, 6)
+    queries = torch.tensor([[[0.0, 5.0, 2.0], [5.0, 7.0, 1.0]]])
+    with pytest.raises(TrackingInterrupted) as stop:
+        track(StoppedModel(stop_at), TensorFrames(clock_video(1, 10)), queries, S=4, iters=1)
+    tracks = stop.value.partial.tracks  # 1,T',2,2
+    assert tracks.shape == (1, frames, 2, 2)
+    assert [bool(torch.isfinite(tracks[0, :, n]).all()) for n in range(2)] == tracked
+    assert not torch.isfinite(tracks[0, :, 1]).any()
+    torch.testing.assert_close(tracks[0, :, 0, 0], 5.0 + torch.arange(frames, dtype=torch.float32))

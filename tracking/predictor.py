@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from nets.pips2 import VIS_HEAD_PREFIX, Feats, Pips, PipsOutput
 from nets.precision import choose_precision
-from nets.tracker import Progress, track
+from nets.tracker import Progress, TrackingInterrupted, VideoTracks, track
 from tracking.frames import Frames, Video, check_size, open_frames
 from utils.checkpoint import REFERENCE_DIR, load_state, read_weights, strip_prefixes
 from utils.dist import pick_device
@@ -245,14 +245,11 @@ class PipsTracker:
             source.cache = bool((q[:, 0] > 0).any())  # backward passes read earlier frames again
             scale = torch.tensor([self.image_size[1] / W, self.image_size[0] / H])  # 2, x then y
             q_model = torch.cat([q[:, :1], q[:, 1:] * scale], dim=-1).to(self.device)  # N,3
-            out = track(Float16Guard(self.model), source, q_model[None], self.S, self.iters, progress)
-        fields = [out.tracks[0].float().cpu() / scale]  # T,N,2
-        fields += [
-            None if x is None else torch.sigmoid(x[0].float()).cpu() for x in (out.vis, out.conf)
-        ]  # T,N
-        if isinstance(video, torch.Tensor):
-            return Prediction(*(None if x is None else x.to(video.device) for x in fields))
-        return Prediction(*(None if x is None else x.numpy() for x in fields))
+            try:
+                out = track(Float16Guard(self.model), source, q_model[None], self.S, self.iters, progress)
+            except TrackingInterrupted as stop:
+                raise PredictionInterrupted(_prediction(stop.partial, scale, video)) from None
+        return _prediction(out, scale, video)
 
     def _open(self, video: Video | Frames, max_frames: int | None) -> Frames:
         """The frame source of `video`; a given source once it is known to read what the model takes, closed
@@ -267,6 +264,25 @@ class PipsTracker:
             raise ValueError(f"{message}; this tracker takes {H}x{W} frames on {self.device}")
         video.close()
         return video
+
+
+class PredictionInterrupted(KeyboardInterrupt):
+    """Ctrl-C during PipsTracker.predict; `partial` is the Prediction of the frames done (T' <= T frames,
+    NaN for points not tracked yet)."""
+
+    def __init__(self, partial: Prediction) -> None:
+        super().__init__()
+        self.partial = partial
+
+
+def _prediction(out: VideoTracks, scale: torch.Tensor, video: Video | Frames) -> Prediction:
+    """Batch item 0 of `out` in the video's pixels, visibility and confidence as probabilities, as numpy
+    arrays (tensors on the video's device for a tensor video)."""
+    fields = [out.tracks[0].float().cpu() / scale]  # T,N,2
+    fields += [None if x is None else torch.sigmoid(x[0].float()).cpu() for x in (out.vis, out.conf)]  # T,N
+    if isinstance(video, torch.Tensor):
+        return Prediction(*(None if x is None else x.to(video.device) for x in fields))
+    return Prediction(*(None if x is None else x.numpy() for x in fields))
 
 
 def _resolved(device: torch.device) -> torch.device:
