@@ -128,9 +128,9 @@ def track_from_first_frame(
                     )
             feat_init = out.feats
             if end > done:
+                new, done = end - done, end  # done first: a Ctrl-C in the progress bar keeps this window
                 if progress is not None:
-                    progress(end - done)
-                done = end
+                    progress(new)
             if end >= T:
                 break
             cur += S - 1
