@@ -6,8 +6,9 @@ import torch.nn.functional as F
 
 def normalize_coords(xy: torch.Tensor, H: int, W: int) -> torch.Tensor:
     """Pixel x,y -> grid_sample's [-1, 1] with align_corners=True (-1 = centre of pixel 0)."""
-    scale = torch.tensor([2.0 / max(W - 1, 1), 2.0 / max(H - 1, 1)], device=xy.device, dtype=xy.dtype)
-    return xy * scale - 1.0
+    # Python scalars go to the kernels as arguments: no tensor is copied to the device, so no sync
+    x, y = xy.unbind(-1)
+    return torch.stack([x * (2.0 / max(W - 1, 1)), y * (2.0 / max(H - 1, 1))], dim=-1) - 1.0
 
 
 def bilinear_sample_border(fmap: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
