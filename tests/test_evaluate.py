@@ -18,6 +18,7 @@ from tracking.evaluate import (
     EvalConfig,
     EvalProtocol,
     EvalResults,
+    Progress,
     evaluate_and_report,
     evaluate_dataset,
     evaluate_sequence,
@@ -474,3 +475,61 @@ def test_evaluate_and_report_logs_metrics_and_gifs(tmp_path: Path, monkeypatch) 
     (log,) = logs
     assert [step for step, _, _ in log.scalar_calls] == [0]
     assert [name for name, _, _ in log.gifs] == ["2_outputs/trajs_e_on_rgbs"]
+
+
+class CountingModel(StillModel):
+    """StillModel that counts its windows and meets Ctrl-C on window number `stop_at` (None: never)."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        super().__init__()
+        self.stop_at = stop_at
+
+    def forward(self, *args, **kwargs) -> PipsOutput:
+        if len(self.windows) == self.stop_at:
+            raise KeyboardInterrupt
+        return super().forward(*args, **kwargs)
+
+
+def test_progress_keeps_finished_videos_and_a_resumed_run_evaluates_only_the_rest(tmp_path: Path) -> None:
+    shifted = ramp_sequence()
+    shifted.name = "shifted"
+    shifted.trajs[:, 1, 1] = 24
+    nothing = ramp_sequence()
+    nothing.name = "nothing"
+    nothing.valids[0] = 0
+    dataset = ListDataset([ramp_sequence(), nothing, shifted, ramp_sequence()], [])
+    protocol, config = EvalProtocol(EVAL_HW, S=8, iters=1), {"S": 8, "iters": 1, "resume": False}
+    straight = evaluate_dataset(CountingModel(), dataset, protocol)
+
+    with pytest.raises(KeyboardInterrupt):  # one window per video: the second call is the third video's
+        evaluate_dataset(
+            CountingModel(stop_at=1), dataset, protocol, progress=Progress(tmp_path, config, False)
+        )
+    lines = (tmp_path / "videos.jsonl").read_text().splitlines()
+    assert json.loads(lines[0]) == {"config": {"S": 8, "iters": 1}}  # resume is free to change
+    assert [json.loads(line)["index"] for line in lines[1:]] == [0, 1]
+    with (tmp_path / "videos.jsonl").open("a") as f:
+        f.write('{"index": 2, "row": {"na')  # a line a kill cut short: that video runs again
+
+    model = CountingModel()
+    resumed = evaluate_dataset(
+        model, dataset, protocol, progress=Progress(tmp_path, config | {"resume": True}, True)
+    )
+    assert len(model.windows) == 2  # videos 2 and 3 only
+    untimed = [
+        [{k: v for k, v in row.items() if k not in ("rtime", "itime")} for row in run.videos]
+        for run in (resumed, straight)
+    ]
+    assert untimed[0] == untimed[1] and resumed.skipped == straight.skipped
+    assert resumed.mean == pytest.approx(straight.mean)
+
+    with pytest.raises(UsageError, match=r"holds videos of another config \(--iters 1 -> 2\); drop --resume"):
+        Progress(tmp_path, {"S": 8, "iters": 2}, True)
+    fresh = Progress(tmp_path, {"S": 8, "iters": 2}, False)
+    assert fresh.done == {} and len((tmp_path / "videos.jsonl").read_text().splitlines()) == 5  # kept until
+    fresh.record(0, skipped="x")  # the first video of the new run ends
+    assert (tmp_path / "videos.jsonl").read_text().splitlines()[1:] == ['{"index": 0, "skipped": "x"}']
+    (tmp_path / "videos.jsonl").write_text("not json\n")
+    with pytest.raises(ValueError, match="its first line is not a config"):
+        Progress(tmp_path, config, True)
+    assert Progress(tmp_path / "new", config, True).done == {}  # nothing to resume: a new run
