@@ -11,6 +11,7 @@ until then get their final tracks, and the mp4 and the npz are finished with the
 import math
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -267,6 +268,27 @@ class StreamSummary(NamedTuple):
     seconds: float
 
 
+class _StopOnInterrupt:
+    """Within the block, the first Ctrl-C only sets `requested` (the loop stops at the next frame) and
+    restores the previous handler, so that a second one interrupts. Outside the main thread (where no signal
+    arrives) it does nothing."""
+
+    def __enter__(self) -> "_StopOnInterrupt":
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def _query_rows(
     frame: np.ndarray, queries: np.ndarray | None, grid_size: int | None, image_size: tuple[int, int]
 ) -> np.ndarray:
@@ -292,33 +314,34 @@ def track_stream(
     """Push the frames into `online` as they come, add the query rows (t,x,y) when frame t arrives (or a
     grid_size^2 grid at frame 0) and record the final tracks; `max_frames` stops after that many frames.
 
-    Ctrl-C ends the stream as if it had ended there. An OSError or ValueError (the stream failed, a frame of
-    another size) ends it too, and is raised again, naming what was written, once the recorder is closed.
+    Ctrl-C (in the main thread) ends the stream after the frame under way, as if it had ended there; a
+    second one interrupts at once. An OSError or ValueError (the stream failed, a frame of another size) ends
+    it too, and is raised again, naming what was written, once the recorder is closed.
     """
     if (queries is None) == (grid_size is None):
         raise ValueError("give exactly one of queries (N,3 rows of t,x,y) and grid_size")
     began = time.perf_counter()
-    interrupted, error = False, None
-    try:
-        for t, frame in enumerate(frames):
-            if t == 0:
-                rows = _query_rows(frame, queries, grid_size, online.image_size)  # N,3
-                pending = {int(s): np.flatnonzero(rows[:, 0] == s) for s in np.unique(rows[:, 0])}
-            step = online.push(frame)
-            if t == 0:
-                recorder.start(rows, online.height, online.width)
-            recorder.arrived(frame)
-            if t in pending:
-                recorder.added(pending[t], online.add_queries(rows[pending.pop(t), 1:]))
-            recorder.write(step.final)
-            if max_frames is not None and t + 1 >= max_frames:
-                break
-    except KeyboardInterrupt:
-        interrupted = True
-    except (OSError, ValueError) as err:
-        if not recorder.started:
-            raise
-        error = err
+    error = None
+    with _StopOnInterrupt() as stop:
+        try:
+            for t, frame in enumerate(frames):
+                if t == 0:
+                    rows = _query_rows(frame, queries, grid_size, online.image_size)  # N,3
+                    pending = {int(s): np.flatnonzero(rows[:, 0] == s) for s in np.unique(rows[:, 0])}
+                step = online.push(frame)
+                if t == 0:
+                    recorder.start(rows, online.height, online.width)
+                recorder.arrived(frame)
+                if t in pending:
+                    added = pending.pop(t)
+                    recorder.added(added, online.add_queries(rows[added, 1:]))
+                recorder.write(step.final)
+                if stop.requested or (max_frames is not None and t + 1 >= max_frames):
+                    break
+        except (OSError, ValueError) as err:
+            if not recorder.started:
+                raise
+            error = err
     if recorder.started:
         try:
             recorder.write(online.flush().final)
@@ -327,7 +350,7 @@ def track_stream(
     if error is not None:
         where = f"{recorder.video_path} and {recorder.npz_path}"
         raise type(error)(f"{error}; the {online.num_frames} frames before it are in {where}") from error
-    return StreamSummary(online.num_frames, online.num_points, interrupted, time.perf_counter() - began)
+    return StreamSummary(online.num_frames, online.num_points, stop.requested, time.perf_counter() - began)
 
 
 def record_stream(
