@@ -204,3 +204,37 @@ def test_bad_frames_and_points_are_named_and_leave_the_stream_going() -> None:
     assert online.flush().final.frames.tolist() == [0, 1]
     with pytest.raises(ValueError, match="the stream has ended"):
         online.push(stamped_frame(2, H=64, W=80))
+
+
+def test_joining_points_share_the_first_points_windows() -> None:
+    # S=4, T=11: the frame-0 point's windows [0,4), [3,7), [6,10); points of frames 1, 5 and 8 join them
+    # after a short window to their end, the frame-9 point (a window boundary) would join after a full one
+    model = ShiftModel()
+    online = OnlineTracker(PipsTracker(model, S=4, iters=1, image_size=(64, 64)), join=True)
+    points = {t: np.array([[2.0 * t, 1.0 + t]]) for t in (0, 1, 5, 8, 9)}
+    steps = run(online, (stamped_frame(t) for t in range(11)), points)
+    # the stream ends off a boundary: the last windows start at T-S=7, or at a later point's own frame
+    assert model.calls == [(0, 4), (1, 3), (3, 4), (5, 2), (6, 4), (8, 2), (7, 4), (8, 3), (9, 2)]
+    out = joined([s.final for s in steps], 5)
+    assert out.frames.tolist() == list(range(11))
+    for n, (t0, xy) in enumerate(points.items()):
+        np.testing.assert_array_equal(out.tracks[t0:, n], xy + [[t, 0] for t in range(11 - t0)])
+        assert np.isnan(out.tracks[:t0, n]).all()
+
+
+def test_joining_points_differ_from_offline_after_their_short_window() -> None:
+    video = golden_video(T=9)
+    tracker = damped_tracker(S=4)
+    points = {0: np.array([[10.0, 12.0]]), 1: np.array([[60.5, 40.0]]), 3: np.array([[30.0, 30.0]])}
+    out = joined([s.final for s in run(OnlineTracker(tracker, join=True), video, points)], 3)
+
+    def offline(t: int, end: int = 9) -> np.ndarray:
+        return tracker(video[t:end], queries=np.c_[np.zeros(1), points[t]])[:, 0]
+
+    # points run in one window with others round differently (about 1e-4 px here), and the random weights
+    # amplify that over windows
+    np.testing.assert_allclose(out.tracks[:, 0], offline(0), atol=1e-3, rtol=0)  # unchanged by the others
+    np.testing.assert_allclose(out.tracks[3:, 2], offline(3), atol=1e-3, rtol=0)  # joined at a boundary
+    # frame 1's point: its first window is [1,4), where offline's is [1,5)
+    np.testing.assert_allclose(out.tracks[1:4, 1], offline(1, end=4), atol=1e-4, rtol=0)
+    assert np.isfinite(out.tracks[1:, 1]).all() and np.abs(out.tracks[1:, 1] - offline(1)).max() > 1e-3

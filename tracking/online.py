@@ -53,6 +53,7 @@ class _Window:
     vis: torch.Tensor | None  # S',n logits
     conf: torch.Tensor | None  # S',n logits
     feats: Feats  # (feats1, feats2, feats4), each 1,S',n,C: they chain the next window
+    columns: np.ndarray | None = None  # the chain's points it tracks (None = all)
 
 
 @dataclass
@@ -63,6 +64,9 @@ class _Chain:
     ids: list[int]  # their columns in the outputs
     xy: torch.Tensor  # n,2 positions at `first`, model pixels
     cursor: int  # the first frame of the window under way
+    end: int  # the frame that completes it
+    joining: bool = False  # its points join the first chain when its window completes (join=True)
+    firsts: list[int] = field(default_factory=list)  # each point's own frame (points that joined: later)
     last: _Window | None = None  # the last completed window (it ends at `cursor`)
     # provisional estimates: the frame-0 templates (1,1,n,C) and the best guess at each frame from cursor on
     templates: torch.Tensor | None = None
@@ -82,17 +86,21 @@ class OnlineTracker:
         window that holds it (offline: from the last window, shifted back to start there, which was run
         after that frame was final). Positions are the same at both.
       - Each frame that points are added at starts a chain of windows of its own, as each query frame is a
-        pass of its own offline: the cost per frame grows with the number of such frames. Add the points
-        of a frame in one call, or at few frames.
+        pass of its own offline: the cost per frame grows with the number of such frames. With join=True
+        it does not, but the joining points' tracks differ from offline's (see `join`).
 
     Args:
         tracker: its model, S, iters, image size and device are used (and its fast path, as set).
         provisional: 0 = no provisional estimates; K >= 2 = at each push, a window over the last K frames
             (at most those of the window under way) gives an estimate for the newest frame, anchored at the
             best estimate K-1 frames back. K = S runs the whole window under way (up to S frames per push).
+        join: points added while the first points' window is under way join it: their first window runs
+            from their frame to its end (shorter than S, where offline runs S frames from their frame), and
+            from then on they share its windows, so one window runs per S-1 frames however many frames
+            points are added at. Points added at a frame where that window starts track as offline.
     """
 
-    def __init__(self, tracker: PipsTracker, provisional: int = 0) -> None:
+    def __init__(self, tracker: PipsTracker, provisional: int = 0, join: bool = False) -> None:
         if provisional != 0 and not 2 <= provisional <= tracker.S:
             raise ValueError(f"provisional must be 0 or 2..S={tracker.S} frames, got {provisional}")
         self.model = Float16Guard(tracker.model)
@@ -100,6 +108,7 @@ class OnlineTracker:
         self.image_size = tracker.image_size
         self.device = tracker.device
         self.provisional = provisional
+        self.join = join
         self.has_head = getattr(tracker.model, "vis_head", None) is not None
         self.height = self.width = 0  # the stream's frame size, set by the first frame
         self.num_frames = 0  # frames pushed
@@ -122,11 +131,12 @@ class OnlineTracker:
         now = self.num_frames
         self._frames.append(resize_frames(frames_to_rgbs(rgb.to(self.device)[None, None]), self.image_size))
         self.num_frames += 1
-        estimates: list[_Window | None] = []
-        for chain in self._chains:
-            if now - chain.cursor == self.S - 1:
+        for chain in list(self._chains):
+            if now == chain.end:
                 self._complete(chain, now)
-            estimates.append(self._estimate(chain, now) if self.provisional else None)
+                if chain.joining:
+                    self._merge(self._chains[0], chain)
+        estimates = [self._estimate(chain, now) if self.provisional else None for chain in self._chains]
         provisional = None
         if self.provisional:
             provisional = self._collect(range(now, now + 1), [[w] for w in estimates])
@@ -156,29 +166,77 @@ class OnlineTracker:
         chain = self._chains[-1] if self._chains else None
         if chain is not None and chain.first == now:  # no window of these points has run yet
             chain.ids += ids
+            chain.firsts += [now] * len(ids)
             chain.xy = torch.cat([chain.xy, xy_model])
             chain.guesses = [chain.xy]
-        else:
-            self._chains.append(_Chain(first=now, ids=ids, xy=xy_model, cursor=now, guesses=[xy_model]))
+            return np.array(ids, dtype=np.int64)
+        joining = self.join and bool(self._chains)
+        end = self._chains[0].end if joining else now + self.S - 1
+        chain = _Chain(now, ids, xy_model, cursor=now, end=end, joining=joining, firsts=[now] * len(ids))
+        chain.guesses = [xy_model]
+        self._chains.append(chain)
         return np.array(ids, dtype=np.int64)
 
     def flush(self) -> Step:
         """End the stream: run each chain's last window (shifted back to end at the last frame, as offline)
         and give the final tracks of the frames not given yet. Nothing can be pushed afterwards."""
         T = self.num_frames
-        windows = []
-        for chain in self._chains:
-            runs = [chain.last]
-            if chain.cursor < T - 1:
-                start = max(T - self.S, chain.first)
-                feat_init = None if chain.last is None else chain.last.feats
-                runs.append(self._run(start, T, self._init(chain, start, T), feat_init))
-            windows.append(runs)
+        windows = [[chain.last, *self._last_windows(chain, T)] for chain in self._chains]
         final = self._collect(range(self._emitted, T), windows)
         self._emitted = T
         self._ended = True
         self._frames.clear()
         return Step(final, None)
+
+    def _last_windows(self, chain: _Chain, T: int) -> list[_Window]:
+        """The windows that end a chain at frame T-1: shifted back to start at T-S, or at a point's own frame
+        where that is later (one window per such start)."""
+        if chain.cursor >= T - 1:
+            return []
+        starts = np.maximum(T - self.S, chain.firsts)  # n
+        windows = []
+        for start in np.unique(starts).tolist():
+            columns = np.flatnonzero(starts == start) if len(set(starts.tolist())) > 1 else None
+            init = self._init(chain, start, T)
+            feat_init = None if chain.last is None else chain.last.feats
+            if columns is not None:
+                init = init[:, columns]
+                feat_init = None if feat_init is None else tuple(f[:, :, columns] for f in feat_init)
+            window = self._run(start, T, init, feat_init)
+            window.columns = columns
+            windows.append(window)
+        return windows
+
+    def _merge(self, main: _Chain, chain: _Chain) -> None:
+        """Points whose first window has just completed with main's join main's chain: their window's outputs
+        are laid over main's window, on its frames before theirs NaN tracks and their first templates."""
+        a, b = main.last, chain.last
+        before = len(a.tracks) - len(b.tracks)  # frames of main's window before the joining points' frame
+
+        def join(
+            x: torch.Tensor | None, y: torch.Tensor | None, time: int, fill_nan: bool
+        ) -> torch.Tensor | None:
+            """x and y side by side along the points dim (time + 1), y put `before` frames later."""
+            if x is None:
+                return None
+            head = y.narrow(time, 0, 1).expand(*y.shape[:time], before, *y.shape[time + 1 :])
+            head = torch.full_like(head, float("nan")) if fill_nan else head
+            return torch.cat([x, torch.cat([head, y], dim=time)], dim=time + 1)
+
+        main.last = _Window(
+            a.start,
+            join(a.tracks, b.tracks, 0, fill_nan=True),  # S,n+m,2
+            join(a.vis, b.vis, 0, fill_nan=True),  # S,n+m
+            join(a.conf, b.conf, 0, fill_nan=True),  # S,n+m
+            tuple(
+                join(fa, fb, 1, fill_nan=False) for fa, fb in zip(a.feats, b.feats, strict=True)
+            ),  # 1,S,n+m,C
+        )
+        main.ids += chain.ids
+        main.firsts += chain.firsts
+        main.xy = torch.cat([main.xy, chain.xy])
+        main.guesses = [main.last.tracks[-1]]
+        self._chains.remove(chain)
 
     def _check_frame(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
         """The frame as a H,W,3 uint8 CPU tensor, or ValueError naming what is wrong with it."""
@@ -227,7 +285,7 @@ class OnlineTracker:
         """Run the window under way, which `now` completes; the next one starts at its last frame."""
         feat_init = None if chain.last is None else chain.last.feats
         window = self._run(chain.cursor, now + 1, self._init(chain, chain.cursor, now + 1), feat_init)
-        chain.last, chain.cursor = window, now
+        chain.last, chain.cursor, chain.end = window, now, now + self.S - 1
         chain.guesses = [window.tracks[-1]]
 
     def _estimate(self, chain: _Chain, now: int) -> _Window:
@@ -250,27 +308,37 @@ class OnlineTracker:
         return window
 
     def _collect(self, frames: range, windows: list[list[_Window | None]]) -> TrackFrames:
-        """Every point's tracks at `frames`, each chain's from the latest of its windows that holds the
-        frame (or its own position at its first frame when none does); stream pixels, numpy."""
+        """Every point's tracks at `frames` (see _chain_frames) in stream pixels, as numpy arrays."""
         F, N = len(frames), self.num_points
-        tracks = torch.full((F, N, 2), float("nan"))
-        vis, conf = (torch.full((F, N), float("nan")) if self.has_head else None for _ in range(2))
+        fields = [torch.full((F, N, 2), float("nan"))]
+        fields += [torch.full((F, N), float("nan")) if self.has_head else None for _ in range(2)]
         for chain, runs in zip(self._chains, windows, strict=True):
-            for i, t in enumerate(frames):
-                if t < chain.first:
-                    continue
-                held = [w for w in runs if w is not None and w.start <= t < w.start + len(w.tracks)]
-                if not held:
-                    tracks[i, chain.ids] = chain.xy.float().cpu() / self._scale
-                    continue
-                w = held[-1]
-                tracks[i, chain.ids] = w.tracks[t - w.start].cpu() / self._scale
-                for out, logits in ((vis, w.vis), (conf, w.conf)):
-                    if out is not None and logits is not None:
-                        out[i, chain.ids] = torch.sigmoid(logits[t - w.start]).cpu()
-        return TrackFrames(
-            np.arange(frames.start, frames.stop, dtype=np.int64),
-            tracks.numpy(),
-            None if vis is None else vis.numpy(),
-            None if conf is None else conf.numpy(),
-        )
+            for field_all, field_chain in zip(fields, self._chain_frames(chain, runs, frames), strict=True):
+                if field_all is not None:
+                    field_all[:, chain.ids] = field_chain
+        numbers = np.arange(frames.start, frames.stop, dtype=np.int64)
+        return TrackFrames(numbers, *(None if x is None else x.numpy() for x in fields))
+
+    def _chain_frames(self, chain: _Chain, runs: list[_Window | None], frames: range) -> list[torch.Tensor]:
+        """A chain's tracks F,n,2 and visibility and confidence F,n at `frames`, from its windows in order (a
+        later one replaces an earlier one where both hold a frame; a point's own position at its first frame
+        where none does), NaN before each point's first frame."""
+        F, n = len(frames), len(chain.ids)
+        tracks = torch.full((F, n, 2), float("nan"))
+        vis, conf = torch.full((F, n), float("nan")), torch.full((F, n), float("nan"))
+        if chain.first in frames:
+            tracks[chain.first - frames.start] = chain.xy.float().cpu() / self._scale
+        for w in (w for w in runs if w is not None):
+            lo, hi = max(frames.start, w.start), min(frames.stop, w.start + len(w.tracks))
+            if lo >= hi:
+                continue
+            rows, src = slice(lo - frames.start, hi - frames.start), slice(lo - w.start, hi - w.start)
+            cols = slice(None) if w.columns is None else torch.as_tensor(w.columns)
+            tracks[rows, cols] = w.tracks[src].cpu() / self._scale
+            for out, logits in ((vis, w.vis), (conf, w.conf)):
+                if logits is not None:
+                    out[rows, cols] = torch.sigmoid(logits[src]).cpu()
+        before = torch.arange(frames.start, frames.stop)[:, None] < torch.tensor(chain.firsts)  # F,n
+        for out in (tracks, vis, conf):
+            out[before] = float("nan")
+        return [tracks, vis, conf]
