@@ -131,9 +131,10 @@ def test_ctrl_c_ends_the_stream_after_the_frame_under_way(tmp_path: Path) -> Non
                 signal.raise_signal(signal.SIGINT)
             yield stamped_frame(t, 48, 64)
 
-    before = signal.getsignal(signal.SIGINT)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     summary = track_stream(frames(), stub_online(), recorder(tmp_path), grid_size=1)
-    assert summary.interrupted and summary.frames == 10 and signal.getsignal(signal.SIGINT) is before
+    assert summary.interrupted and summary.frames == 10
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
     count, tracks = written(tmp_path)
     assert count == 10 and tracks.shape == (10, 1, 2)
 

@@ -93,7 +93,7 @@ class OnlineTracker:
         tracker: its model, S, iters, image size and device are used (and its fast path, as set).
         provisional: 0 = no provisional estimates; K >= 2 = at each push, a window over the last K frames
             (at most those of the window under way) gives an estimate for the newest frame, anchored at the
-            best estimate K-1 frames back. K = S runs the whole window under way (up to S frames per push).
+            best estimate K-1 frames back. K = S runs the whole window under way (up to S-1 frames per push).
         join: points added while the first points' window is under way join it: their first window runs
             from their frame to its end (shorter than S, where offline runs S frames from their frame), and
             from then on they share its windows, so one window runs per S-1 frames however many frames

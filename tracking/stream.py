@@ -4,8 +4,9 @@ and the loop that pushes its frames into an OnlineTracker and writes the drawn m
     record_stream("0", tracker, "out")           # camera 0 -> out/camera0_tracks.mp4 and .npz
     record_stream("rtsp://host/live", tracker, "out", queries=rows)   # rows t,x,y: added when frame t arrives
 
-A stream that stops delivering frames, a frame of another size or Ctrl-C ends the loop; the frames received
-until then get their final tracks, and the mp4 and the npz are finished with them before the error is raised.
+A stream that stops delivering frames, a frame of another size, Ctrl-C or SIGTERM ends the loop; the frames
+received until then get their final tracks, and the mp4 and the npz are finished with them before an error
+is raised.
 """
 
 import math
@@ -264,29 +265,32 @@ class StreamRecorder:
 class StreamSummary(NamedTuple):
     frames: int  # frames tracked
     points: int  # points added
-    interrupted: bool  # ended by Ctrl-C
+    interrupted: bool  # ended by Ctrl-C or SIGTERM
     seconds: float
 
 
 class _StopOnInterrupt:
-    """Within the block, the first Ctrl-C only sets `requested` (the loop stops at the next frame) and
-    restores the previous handler, so that a second one interrupts. Outside the main thread (where no signal
-    arrives) it does nothing."""
+    """Within the block, the first Ctrl-C (SIGINT) or SIGTERM only sets `requested`, so that the loop stops
+    at the next frame, and restores the previous handlers: a second one interrupts at once. Outside the main
+    thread (where no signal arrives) it does nothing."""
 
     def __enter__(self) -> "_StopOnInterrupt":
         self.requested = False
-        self._previous = None
+        self._previous: dict[int, object] = {}
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def _handle(self, signum: int, frame: object) -> None:
         self.requested = True
-        signal.signal(signal.SIGINT, self._previous)
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        self._restore()
 
 
 def _query_rows(
@@ -314,9 +318,9 @@ def track_stream(
     """Push the frames into `online` as they come, add the query rows (t,x,y) when frame t arrives (or a
     grid_size^2 grid at frame 0) and record the final tracks; `max_frames` stops after that many frames.
 
-    Ctrl-C (in the main thread) ends the stream after the frame under way, as if it had ended there; a
-    second one interrupts at once. An OSError or ValueError (the stream failed, a frame of another size) ends
-    it too, and is raised again, naming what was written, once the recorder is closed.
+    Ctrl-C or SIGTERM (in the main thread) ends the stream after the frame under way, as if it had ended
+    there; a second one interrupts at once. An OSError or ValueError (the stream failed, a frame of another
+    size) ends it too, and is raised again, naming what was written, once the recorder is closed.
     """
     if (queries is None) == (grid_size is None):
         raise ValueError("give exactly one of queries (N,3 rows of t,x,y) and grid_size")
@@ -391,7 +395,7 @@ def record_stream(
             summary = track_stream(frames, online, recorder, queries, grid_size, max_frames)
     finally:
         stream.close()
-    ended = "stopped by Ctrl-C" if summary.interrupted else "the stream ended"
+    ended = "stopped on Ctrl-C/SIGTERM" if summary.interrupted else "the stream ended"
     speed = summary.frames / max(summary.seconds, 1e-9)
     tracked = f"{summary.points} points through {summary.frames} frames in {summary.seconds:.1f} s"
     log(f"{ended}: tracked {tracked} ({speed:.2f} frames/s)")
