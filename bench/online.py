@@ -122,13 +122,16 @@ def online_rows(
     image_size: tuple[int, int] = (512, 896),
     device: str = "cpu",
     provisional: tuple[int, ...] = (),
+    tracker: PipsTracker | None = None,
 ) -> list[dict]:
     """Offline tracking, then online tracking of the same video (frames T,H,W,3; None = a generated one at
     the model's size), then online with each provisional window length: frames per second, latency in
     frames and ms, and for provisional estimates their distance from the final tracks (video pixels, over
-    every frame after 0 and every point)."""
+    every frame after 0 and every point). `tracker` replaces the damped random one (S, iters, image_size
+    and device are then its own)."""
+    tracker = tracker or damped_tracker(S, iters, image_size, device)
+    S, image_size = tracker.S, tracker.image_size
     video = generated_video(frames, *image_size) if video is None else video[:frames]
-    tracker = damped_tracker(S, iters, image_size, device)
     tracker(video[:2], queries=_grid(video, points, image_size))  # the first call's one-time set-up
     rows = [offline_row(tracker, video, points)]
     T = len(video)
@@ -171,10 +174,12 @@ def flatness_rows(
     iters: int = 1,
     points: int = 16,
     device: str = "cpu",
+    tracker: PipsTracker | None = None,
 ) -> list[dict]:
     """Push `frames` generated frames of `size` (also the model's size) into one OnlineTracker; one row per
-    block of frames: resident memory at its end, wall and CPU time per frame, and the most frames held."""
-    tracker = damped_tracker(S, iters, size, device)
+    block of frames: resident memory at its end, wall and CPU time per frame, and the most frames held.
+    `tracker` replaces the damped random one (its image size must be `size`)."""
+    tracker = tracker or damped_tracker(S, iters, size, device)
     online = OnlineTracker(tracker)
     texture = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
     grid = grid_queries(round(points**0.5), *size, size).numpy()
