@@ -3,12 +3,16 @@
 python demo.py --filename video.mp4                     # a 32x32 grid at frame 0, reference model
 python demo.py --filename video.mp4 --queries q.txt     # your own points: rows of t,x,y in video pixels
 python demo.py --filename frames/ --random_weights      # smoke run without the checkpoint
+python demo.py --online --filename 0                    # camera 0 (or a stream URL, or a file) as it arrives
 
 Writes <out_dir>/<name>_tracks.mp4 (each track a dot with a fading trail, coloured by where it starts,
 at the video's resolution; hollow while the visibility head says it is hidden) and <name>_tracks.npz (tracks
 T,N,2 in video pixels, queries N,3, fps; with a visibility head also visibility and confidence T,N, the
 probabilities that a point is visible and that its track is within a few pixels).
 Long videos stream through window by window; only the tracks are held for the whole video.
+With --online, frames are tracked as they arrive (tracking/stream.py): the mp4 is written as it goes, tracks
+are final S-1 frames behind, query rows are added when their frame arrives and tracked forward from it
+(NaN before), and Ctrl-C ends the stream keeping what was written.
 """
 
 import io
@@ -25,6 +29,7 @@ from tqdm import tqdm
 
 from tracking.frames import MIN_SIDE, check_size
 from tracking.predictor import PipsTracker, PredictionInterrupted, build_model, check_queries, grid_queries
+from tracking.stream import record_stream
 from utils.checkpoint import REFERENCE_DIR
 from utils.config import INTERRUPT_EXIT, UsageError, knob, require, run
 from utils.logger import Logger
@@ -116,6 +121,7 @@ class DemoConfig:
     log_dir: str = knob("", "also write the drawn video as TensorBoard gifs (one per window) here")
     fps: float = knob(0.0, "frame rate of the output video; 0 = the input's (24 for a folder of frames)")
     trail: int = knob(8, "frames of fading trail behind each point")
+    online: bool = knob(False, "track as frames arrive: --filename is a camera index, a stream URL or a file")
 
     def __post_init__(self) -> None:
         require(self.N >= 1, "N", "at least 1", self.N)
@@ -162,6 +168,8 @@ def write_drawn(
 def main(cfg: DemoConfig) -> None:
     if not cfg.filename:
         raise ValueError("no video given: pass --filename <video file or folder of frames>")
+    if cfg.online:
+        return run_online(cfg)
     info = video_info(cfg.filename)  # the container's frame count: no decoding
     T = min(cfg.max_frames, info.num_frames) if cfg.max_frames else info.num_frames
     if cfg.queries:
@@ -227,6 +235,19 @@ def main(cfg: DemoConfig) -> None:
     print(f"tracked {len(query_rows)} points through {T} frames in {seconds:.1f} s ({speed})")
     gifs = f"; TensorBoard gifs in {cfg.log_dir}" if cfg.log_dir else ""
     print(f"wrote {video_path} and {npz_path}{gifs}")
+
+
+def run_online(cfg: DemoConfig) -> None:
+    """--online: the stream tracked as it arrives, written to <out_dir>/<name>_tracks.mp4 and .npz."""
+    if cfg.random_weights:
+        torch.manual_seed(0)
+    model = build_model(None if cfg.random_weights else cfg.init_ckpt, cfg.device, fast=cfg.fast, log=print)
+    tracker = PipsTracker(model, S=cfg.S, iters=cfg.iters, image_size=cfg.image_size, fast=cfg.fast)
+    queries = load_queries(cfg.queries) if cfg.queries else None
+    grid_size = None if cfg.queries else round(math.sqrt(cfg.N))
+    record_stream(
+        cfg.filename, tracker, cfg.out_dir, queries, grid_size, cfg.fps, cfg.trail, cfg.max_frames or None
+    )
 
 
 if __name__ == "__main__":

@@ -237,8 +237,14 @@ class VideoWriter:
         if self.format != "gif" and (height % 2 or width % 2):
             raise ValueError(f"H.264 needs an even frame size; got {height}x{width} for {self.path}")
         self._shape = shape
+        # a session of its own: a terminal's Ctrl-C reaches the whole foreground group, and ffmpeg would
+        # quit and leave the file unfinished; here it ends when the caller closes the writer
         self._process = subprocess.Popen(
-            self._command(height, width), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log
+            self._command(height, width),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            start_new_session=True,
         )
 
     def _ffmpeg_log(self) -> str:
