@@ -39,7 +39,7 @@ def damped_tracker(
     with torch.no_grad():
         model.delta_block.dense.weight.mul_(DAMPING)
         model.delta_block.dense.bias.mul_(DAMPING)
-    return PipsTracker(model.to(device), S=S, iters=iters, image_size=image_size, fast=False)
+    return PipsTracker(model.to(device), S=S, iters=iters, image_size=image_size)
 
 
 def drifting_frame(texture: np.ndarray, t: int) -> np.ndarray:
