@@ -242,7 +242,7 @@ def run_online(cfg: DemoConfig) -> None:
     if cfg.random_weights:
         torch.manual_seed(0)
     model = build_model(None if cfg.random_weights else cfg.init_ckpt, cfg.device, fast=cfg.fast, log=print)
-    tracker = PipsTracker(model, S=cfg.S, iters=cfg.iters, image_size=cfg.image_size, fast=cfg.fast)
+    tracker = PipsTracker(model, S=cfg.S, iters=cfg.iters, image_size=cfg.image_size)
     queries = load_queries(cfg.queries) if cfg.queries else None
     grid_size = None if cfg.queries else round(math.sqrt(cfg.N))
     record_stream(

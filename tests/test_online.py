@@ -37,7 +37,7 @@ class ShiftModel(torch.nn.Module):
         tracks = trajs_e0[:, :1].repeat(1, S, 1, 1)  # B,S,N,2
         tracks[..., 0] += (stamps - stamps[:, :1])[..., None]
         feats = tuple(torch.zeros(B, S, N, 4) for _ in range(3))
-        return PipsOutput(tracks, [tracks], feats, [tracks])
+        return PipsOutput(tracks, [tracks], feats)
 
 
 def stamped_frame(t: int, H: int = 64, W: int = 64) -> np.ndarray:
