@@ -3,6 +3,10 @@
 python demo.py --filename video.mp4                     # a 32x32 grid at frame 0, reference model
 python demo.py --filename video.mp4 --queries q.txt     # your own points: rows of t,x,y in video pixels
 python demo.py --filename frames/ --random_weights      # smoke run without the checkpoint
+python demo.py --filename video.mp4 --onnx pips2.onnx   # the network in onnxruntime (export_onnx.py)
+
+(*) Settings not given: the full setting (512,896, N=1024, 16 iterations, S=64) on a GPU; the CPU setting
+(tracking/settings.py) without one, said in one line; with --onnx the export's.
 
 Writes <out_dir>/<name>_tracks.mp4 (each track a dot with a fading trail, coloured by where it starts,
 at the video's resolution; hollow while the visibility head says it is hidden) and <name>_tracks.npz (tracks
@@ -11,6 +15,7 @@ probabilities that a point is visible and that its track is within a few pixels)
 Long videos stream through window by window; only the tracks are held for the whole video.
 """
 
+import dataclasses
 import io
 import math
 import time
@@ -24,9 +29,12 @@ import torch
 from tqdm import tqdm
 
 from tracking.frames import check_size
+from tracking.onnx_backend import read_spec
 from tracking.predictor import PipsTracker, build_model, check_queries, grid_queries
+from tracking.settings import CPU_SETTING, FULL_SETTING, cpu_setting_line, setting_for
 from utils.checkpoint import REFERENCE_DIR
-from utils.config import UsageError, knob, require, run
+from utils.config import Flags, UsageError, default_resolve, knob, require, run
+from utils.dist import pick_device
 from utils.logger import Logger
 from utils.video import VideoWriter, read_video, video_info
 from utils.vis import colors_by_position, draw_tracks
@@ -100,11 +108,12 @@ def drawn_frames(
 @dataclass(frozen=True)
 class DemoConfig:
     filename: str = knob("", "video file (mp4/mov/avi/gif/...) or folder of jpg/png frames")
-    N: int = knob(1024, "points on a square grid at frame 0: round(sqrt(N))^2, so 1024 = 32x32")
+    N: int | None = knob(None, "points on a square grid at frame 0: round(sqrt(N))^2, so 1024 = 32x32 (*)")
     queries: str = knob("", ".txt or .npy file of t,x,y rows in the video's pixels; replaces the grid")
-    S: int = knob(64, "frames per window")
-    iters: int = knob(16, "refinement iterations per window")
-    image_size: tuple[int, int] = knob((512, 896), "H,W the frames are resized to for the model")
+    S: int | None = knob(None, "frames per window (*)")
+    iters: int | None = knob(None, "refinement iterations per window (*)")
+    image_size: tuple[int, int] | None = knob(None, "H,W the frames are resized to for the model (*)")
+    onnx: str = knob("", "run the network in onnxruntime from this export_onnx.py file")
     max_frames: int = knob(0, "track only the first max_frames frames; 0 = all")
     init_ckpt: str = knob(REFERENCE_DIR, "checkpoint file, or folder of model-*.pth", aliases=("init_dir",))
     random_weights: bool = knob(False, "untrained model, no checkpoint needed (smoke runs)")
@@ -116,16 +125,39 @@ class DemoConfig:
     trail: int = knob(8, "frames of fading trail behind each point")
 
     def __post_init__(self) -> None:
-        require(self.N >= 1, "N", "at least 1", self.N)
-        require(self.S >= 2, "S", "at least 2", self.S)
-        require(self.iters >= 1, "iters", "at least 1", self.iters)
+        require(self.N is None or self.N >= 1, "N", "at least 1", self.N)
+        require(self.S is None or self.S >= 2, "S", "at least 2", self.S)
+        require(self.iters is None or self.iters >= 1, "iters", "at least 1", self.iters)
         require(self.max_frames >= 0, "max_frames", "0 or more", self.max_frames)
         require(self.fps >= 0, "fps", "0 or more", self.fps)
         require(self.trail >= 0, "trail", "0 or more", self.trail)
         try:
-            check_size(self.image_size)
+            check_size(self.image_size or (1, 1))
         except ValueError as err:
             raise UsageError(f"--{err}") from None
+
+
+SETTINGS = ("image_size", "N", "iters", "S")
+
+
+def resolve_config(cls: type[DemoConfig], flags: Flags) -> tuple[DemoConfig, list[str]]:
+    """Defaults < --config files < flags, then the settings still unset: with --onnx the export's (N the
+    CPU setting's), else the full setting on a GPU and the CPU setting elsewhere, said in one line."""
+    asked, _ = default_resolve(cls, flags)
+    unset = [name for name in SETTINGS if getattr(asked, name) is None]
+    given = [f"--{name}" for name in SETTINGS if name not in unset]
+    if not unset:
+        return asked, []
+    if asked.onnx:
+        spec = read_spec(asked.onnx)
+        export = {"image_size": (spec.height, spec.width), "iters": spec.iters, "S": spec.S}
+        values = {name: export.get(name, getattr(CPU_SETTING, name)) for name in unset}
+        settings = ", ".join(f"{name}={values[name]}" for name in unset)
+        return dataclasses.replace(asked, **values), [f"{asked.onnx}: {settings} (the export's; N the CPU's)"]
+    device = pick_device(asked.device)
+    setting = setting_for(device)
+    config = dataclasses.replace(asked, **{name: getattr(setting, name) for name in unset})
+    return config, [cpu_setting_line(FULL_SETTING.flags(), given)] if device.type == "cpu" else []
 
 
 def main(cfg: DemoConfig) -> None:
@@ -137,10 +169,16 @@ def main(cfg: DemoConfig) -> None:
         query_rows = check_queries(load_queries(cfg.queries), T, info.height, info.width)  # N,3
     else:
         query_rows = grid_queries(round(math.sqrt(cfg.N)), info.height, info.width, cfg.image_size)  # N,3
-    if cfg.random_weights:
-        torch.manual_seed(0)
-    model = build_model(None if cfg.random_weights else cfg.init_ckpt, cfg.device, fast=cfg.fast, log=print)
-    tracker = PipsTracker(model, S=cfg.S, iters=cfg.iters, image_size=cfg.image_size, fast=cfg.fast)
+    settings = {"S": cfg.S, "iters": cfg.iters, "image_size": cfg.image_size}
+    if cfg.onnx:
+        tracker = PipsTracker.from_onnx(cfg.onnx, **settings)
+        print(f"model: {cfg.onnx} in onnxruntime ({', '.join(tracker.model.session.get_providers())})")
+    else:
+        if cfg.random_weights:
+            torch.manual_seed(0)
+        checkpoint = None if cfg.random_weights else cfg.init_ckpt
+        model = build_model(checkpoint, cfg.device, fast=cfg.fast, log=print)
+        tracker = PipsTracker(model, **settings, fast=cfg.fast)
     # each distinct query frame is a forward and a backward pass that together track T-1 frames
     total = (T - 1) * len(query_rows[:, 0].unique())
     began = time.perf_counter()
@@ -184,4 +222,4 @@ def main(cfg: DemoConfig) -> None:
 
 
 if __name__ == "__main__":
-    run(main, DemoConfig)
+    run(main, DemoConfig, resolve_config)

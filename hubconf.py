@@ -48,7 +48,8 @@ def pips2_tracker(
     pretrained: bool = True, device: torch.device | str | None = None, **kwargs: Any
 ) -> PipsTracker:
     """A PipsTracker (tracking/predictor.py) on `device` (None = best available); kwargs: S, iters,
-    image_size, fast. `tracker.predict(...)` gives visibility and confidence beside the tracks where the
-    weights have a visibility head."""
+    image_size, fast (those not given: the full setting on a GPU, the CPU setting elsewhere, logged in one
+    line). `tracker.predict(...)` gives visibility and confidence beside the tracks where the weights have a
+    visibility head."""
     model = build_model(_reference_dir() if pretrained else None, "" if device is None else device)
     return PipsTracker(model, **kwargs)

@@ -26,7 +26,9 @@ from datasets.sample import EvalSequence, UnreadableSequence
 from nets.pips2 import Pips
 from nets.tracker import Tracks, WindowModel, track_from_first_frame
 from tracking.frames import Frames, check_size, open_frames
+from tracking.onnx_backend import OnnxWindow
 from tracking.predictor import Float16Guard, build_model
+from tracking.settings import expected_time_line
 from utils.checkpoint import REFERENCE_DIR
 from utils.config import UsageError, knob, require
 from utils.logger import Logger, RunningMeans
@@ -70,6 +72,7 @@ class EvalConfig:
         REFERENCE_DIR, "checkpoint, or folder of model-*.pth (the newest)", aliases=("init_dir",)
     )
     random_weights: bool = knob(False, "skip the checkpoint (smoke runs)")
+    onnx: str = knob("", "run the network in onnxruntime from this export_onnx.py file (of this size, iters)")
     device: str = knob("", "e.g. cuda, cuda:1, cpu; '' = the best available")
     fast: bool = knob(True, "the fast path (float16, fused kernels) on CUDA; CPU always runs exact float32")
     log_dir: str = knob("./logs_eval", "TensorBoard logs and results.json")
@@ -146,7 +149,7 @@ def evaluate_sequence(
     d_avg over the frames where the point is visible, or occluded; None where there are none), with a
     visibility head the occlusion_accuracy, then the protocol's extra metrics.
     """
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device  # an ONNX window holds no parameters: CPU
     size = protocol.image_size
     keep = seq.valids[0] > 0  # N
     trajs_g = scale_tracks(seq.trajs[:, keep], seq.image_hw, size)  # T,N',2
@@ -323,8 +326,14 @@ def evaluate_and_report(dataset: EvalDataset, protocol: EvalProtocol, config: Ev
     """What an evaluation script does with its config: build the model for inference, evaluate_dataset with
     TensorBoard logs in log_dir, then print the table of means and write log_dir/results.json (config, mean,
     skipped sequences, per-video rows)."""
-    checkpoint = None if config.random_weights else config.init_ckpt
-    model = build_model(checkpoint, config.device, fast=config.fast, log=tqdm.write)
+    if config.onnx:
+        model = OnnxWindow(config.onnx)
+        model.check(config.image_size, config.iters)
+    else:
+        checkpoint = None if config.random_weights else config.init_ckpt
+        model = build_model(checkpoint, config.device, fast=config.fast, log=tqdm.write)
+        if next(model.parameters()).device.type == "cpu":
+            tqdm.write(expected_time_line(model, config.image_size, config.iters))
     log_dir = Path(config.log_dir)
     log = Logger(log_dir)
     try:

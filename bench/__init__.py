@@ -1,0 +1,1 @@
+"""Benchmarks run alone or from benchmark.py: each module gives rows (dicts) for one table."""

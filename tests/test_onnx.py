@@ -1,0 +1,154 @@
+"""The onnxruntime backend: an exported window tracks as the PyTorch exact path does (the fixture's weights
+and inputs; chained windows of a generated video with queries at any frame), and a missing, corrupt or
+mismatched file is one error line naming it. One small export serves every test (about half a minute).
+
+The weights are the fixture's with the delta block's output scaled by DAMPING, as in test_api_golden.py:
+with full-size random updates, two iterations already turn float32 rounding into hundredths of a pixel
+(PyTorch against itself, its input changed by one part in a million), whatever runs the graph."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import demo
+from nets.pips2 import Pips
+from tests.test_api_golden import DAMPING, QUERIES, golden_video
+from tests.test_nets import FIXTURE, reference_weights
+from tracking.onnx_backend import OnnxWindow, read_spec
+from tracking.onnx_export import METADATA_KEY, WindowSpec
+from tracking.predictor import PipsTracker
+from utils.config import run
+from utils.video import write_video
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+onnx = pytest.importorskip("onnx")
+
+from tracking.onnx_export import export_window  # noqa: E402  (needs onnx, skipped above without it)
+
+TOLERANCE_PX = 1e-3
+S, ITERS, SIZE = 8, 2, (128, 192)  # the fixture's window
+
+
+@pytest.fixture(scope="module")
+def fixture_inputs() -> dict[str, torch.Tensor]:
+    ref = np.load(FIXTURE)
+    return {"rgbs": torch.from_numpy(ref["rgbs"]).float(), "trajs_e0": torch.from_numpy(ref["trajs_e0"])}
+
+
+@pytest.fixture(scope="module")
+def model() -> Pips:
+    m = Pips().eval()
+    m.load_state_dict(reference_weights(m))
+    with torch.no_grad():
+        m.delta_block.dense.weight.mul_(DAMPING)
+        m.delta_block.dense.bias.mul_(DAMPING)
+    return m
+
+
+@pytest.fixture(scope="module")
+def exported(model: Pips, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("onnx") / "window.onnx"
+    export_window(model, path, S=S, image_size=SIZE, iters=ITERS)
+    return path
+
+
+def test_export_is_a_checked_graph_with_its_settings(exported: Path) -> None:
+    proto = onnx.load(exported)
+    onnx.checker.check_model(proto)
+    assert proto.opset_import[0].version == 18
+    dims = {
+        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input
+    }
+    assert dims["rgbs"] == [1, "S", 3, *SIZE] and dims["trajs_e0"] == [1, "S", "N", 2]
+    spec = read_spec(exported)
+    assert spec == WindowSpec(S=S, height=SIZE[0], width=SIZE[1], iters=ITERS, latent_dim=128, vis_head=False)
+
+
+def test_window_matches_pytorch_on_the_fixture(model: Pips, exported: Path, fixture_inputs: dict) -> None:
+    window = OnnxWindow(exported)
+    rgbs, trajs = fixture_inputs["rgbs"], fixture_inputs["trajs_e0"]
+    with torch.no_grad():
+        expected = model(trajs, rgbs, iters=ITERS)
+        chained = model(trajs.flip(1), rgbs.flip(1), iters=ITERS, feat_init=expected.feats)
+    got = window(trajs, rgbs, iters=ITERS)
+    assert got.vis is None and got.preds == []
+    torch.testing.assert_close(got.tracks, expected.tracks, atol=TOLERANCE_PX, rtol=0)
+    for mine, theirs in zip(got.feats, expected.feats, strict=True):
+        torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)
+    again = window(trajs.flip(1), rgbs.flip(1), iters=ITERS, feat_init=got.feats)  # the flag's other side
+    torch.testing.assert_close(again.tracks, chained.tracks, atol=TOLERANCE_PX, rtol=0)
+    assert not torch.allclose(again.tracks, window(trajs.flip(1), rgbs.flip(1), iters=ITERS).tracks)
+
+
+def test_tracker_matches_pytorch_over_chained_windows(model: Pips, exported: Path) -> None:
+    """Queries at frames 0, 11 and 23 of 24: forward passes of 4, 2 and 1 chained windows, backward ones of
+    2 and 4, and windows shorter than S where a pass is."""
+    video = golden_video()
+    onnx_tracker = PipsTracker.from_onnx(exported)
+    assert (onnx_tracker.S, onnx_tracker.iters, onnx_tracker.image_size) == (S, ITERS, SIZE)
+    torch_tracker = PipsTracker(model, S=S, iters=ITERS, image_size=SIZE)
+    got, expected = onnx_tracker(video, queries=QUERIES), torch_tracker(video, queries=QUERIES)
+    assert np.abs(expected - QUERIES[None, :, 1:]).max() > 1  # the tracks move
+    np.testing.assert_allclose(got, expected, atol=TOLERANCE_PX, rtol=0)
+    short = PipsTracker.from_onnx(exported, S=5)  # any window length runs, 2-frame windows included
+    np.testing.assert_allclose(
+        short(video[:10], grid_size=2),
+        PipsTracker(model, S=5, iters=ITERS, image_size=SIZE)(video[:10], grid_size=2),
+        atol=TOLERANCE_PX,
+        rtol=0,
+    )
+
+
+def one_line(err: pytest.ExceptionInfo, *parts: str) -> None:
+    text = str(err.value)
+    assert "\n" not in text and all(part in text for part in parts), text
+
+
+def test_bad_files_and_settings_are_one_line_naming_the_file(exported: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as err:
+        OnnxWindow(tmp_path / "windw.onnx")
+    one_line(err, "no such ONNX model", "windw.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(exported.read_bytes()[:5000])
+    with pytest.raises(ValueError) as err:
+        OnnxWindow(corrupt)
+    one_line(err, str(corrupt), "not an ONNX model onnxruntime can load")
+    foreign = tmp_path / "foreign.onnx"
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [x],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]), foreign)
+    with pytest.raises(ValueError) as err:
+        read_spec(foreign)
+    one_line(err, str(foreign), "not a PIPs++ window exported by export_onnx.py", METADATA_KEY)
+    with pytest.raises(ValueError) as err:
+        PipsTracker.from_onnx(exported, image_size=(64, 96))
+    one_line(err, str(exported), "exported for 128x192 frames, not 64x96", "--image_size 64,96")
+    with pytest.raises(ValueError) as err:
+        PipsTracker.from_onnx(exported, iters=3)
+    one_line(err, str(exported), "exported with 2 iterations, not 3")
+    tracker = PipsTracker(OnnxWindow(exported), S=S, iters=ITERS, image_size=(96, 128))
+    with pytest.raises(ValueError) as err:
+        tracker(golden_video(T=4), grid_size=1)
+    one_line(err, str(exported), "exported for 128x192 frames, not 96x128")
+
+
+def test_demo_runs_the_export_and_says_what_it_took(exported: Path, tmp_path: Path, capsys) -> None:
+    video = tmp_path / "clip.mp4"
+    write_video(video, golden_video(T=10), fps=10)
+    common = ["--filename", str(video), "--onnx", str(exported), "--N", "4", "--out_dir", str(tmp_path)]
+    run(demo.main, demo.DemoConfig, demo.resolve_config, argv=common)
+    assert f"{exported}: image_size=(128, 192), iters=2, S=8 (the export's" in capsys.readouterr().out
+    assert np.load(tmp_path / "clip_tracks.npz")["tracks"].shape == (10, 4, 2)
+    with pytest.raises(SystemExit) as stop:
+        run(demo.main, demo.DemoConfig, demo.resolve_config, argv=[*common, "--image_size", "64,96"])
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {exported} was exported for 128x192 frames")
