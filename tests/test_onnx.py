@@ -1,10 +1,12 @@
 """The onnxruntime backend: an exported window tracks as the PyTorch exact path does (the fixture's weights
 and inputs; chained windows of a generated video with queries at any frame), and a missing, corrupt or
-mismatched file is one error line naming it. One small export serves every test (about half a minute).
+mismatched file is one error line naming it.
 
-The weights are the fixture's with the delta block's output scaled by DAMPING, as in test_api_golden.py:
-with full-size random updates, two iterations already turn float32 rounding into hundredths of a pixel
-(PyTorch against itself, its input changed by one part in a million), whatever runs the graph."""
+One export serves every test (a minute or more on 2 cores): that of test_api_golden.py's model, whose
+rounding differences stay near 1e-4 px over windows. The fixture's weights go into a copy of the same graph
+(its initializers are the parameters by name). Both damp the delta block's output by DAMPING: with
+full-size random updates two iterations already turn float32 rounding into hundredths of a pixel (PyTorch
+against itself, its input changed by one part in a million), whatever runs the graph."""
 
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import torch
 
 import demo
 from nets.pips2 import Pips
-from tests.test_api_golden import DAMPING, QUERIES, golden_video
+from tests.test_api_golden import DAMPING, golden_video, make_tracker
 from tests.test_nets import FIXTURE, reference_weights
 from tracking.onnx_backend import OnnxWindow, read_spec
 from tracking.onnx_export import METADATA_KEY, WindowSpec
@@ -40,12 +42,8 @@ def fixture_inputs() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def model() -> Pips:
-    m = Pips().eval()
-    m.load_state_dict(reference_weights(m))
-    with torch.no_grad():
-        m.delta_block.dense.weight.mul_(DAMPING)
-        m.delta_block.dense.bias.mul_(DAMPING)
-    return m
+    """test_api_golden.py's model: seed 0, the delta block damped."""
+    return make_tracker().model
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +51,18 @@ def exported(model: Pips, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("onnx") / "window.onnx"
     export_window(model, path, S=S, image_size=SIZE, iters=ITERS)
     return path
+
+
+def with_weights(path: Path, model: Pips, out: Path) -> Path:
+    """A copy of the export at `path` holding the weights of `model` (the same architecture)."""
+    proto = onnx.load(path)
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    found = [init for init in proto.graph.initializer if init.name in state]
+    assert len(found) == len(state) - 2  # every parameter but the unused norm.*
+    for init in found:
+        init.CopyFrom(onnx.numpy_helper.from_array(state[init.name].numpy(), init.name))
+    onnx.save(proto, out)
+    return out
 
 
 def test_export_is_a_checked_graph_with_its_settings(exported: Path) -> None:
@@ -67,14 +77,20 @@ def test_export_is_a_checked_graph_with_its_settings(exported: Path) -> None:
     assert spec == WindowSpec(S=S, height=SIZE[0], width=SIZE[1], iters=ITERS, latent_dim=128, vis_head=False)
 
 
-def test_window_matches_pytorch_on_the_fixture(model: Pips, exported: Path, fixture_inputs: dict) -> None:
-    window = OnnxWindow(exported)
+def test_window_matches_pytorch_on_the_fixture(exported: Path, fixture_inputs: dict, tmp_path: Path) -> None:
+    model = Pips().eval()
+    model.load_state_dict(reference_weights(model))
+    with torch.no_grad():
+        model.delta_block.dense.weight.mul_(DAMPING)
+        model.delta_block.dense.bias.mul_(DAMPING)
+    window = OnnxWindow(with_weights(exported, model, tmp_path / "fixture.onnx"))
     rgbs, trajs = fixture_inputs["rgbs"], fixture_inputs["trajs_e0"]
     with torch.no_grad():
         expected = model(trajs, rgbs, iters=ITERS)
         chained = model(trajs.flip(1), rgbs.flip(1), iters=ITERS, feat_init=expected.feats)
     got = window(trajs, rgbs, iters=ITERS)
     assert got.vis is None and got.preds == []
+    assert (expected.tracks - trajs).abs().max() > 1  # the tracks move
     torch.testing.assert_close(got.tracks, expected.tracks, atol=TOLERANCE_PX, rtol=0)
     for mine, theirs in zip(got.feats, expected.feats, strict=True):
         torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)
@@ -84,19 +100,20 @@ def test_window_matches_pytorch_on_the_fixture(model: Pips, exported: Path, fixt
 
 
 def test_tracker_matches_pytorch_over_chained_windows(model: Pips, exported: Path) -> None:
-    """Queries at frames 0, 11 and 23 of 24: forward passes of 4, 2 and 1 chained windows, backward ones of
-    2 and 4, and windows shorter than S where a pass is."""
-    video = golden_video()
+    """Queries at frames 0, 7 and 15 of 16: passes of 3, 2, 1 and 3 chained windows of S frames; then
+    windows shorter than S (6 and 5 frames) where a pass is."""
+    video = golden_video(T=16)
+    queries = np.array([[0, 10.0, 12.0], [0, 60.5, 40.0], [7, 30.0, 30.0], [15, 50.0, 36.0]], np.float32)
     onnx_tracker = PipsTracker.from_onnx(exported)
     assert (onnx_tracker.S, onnx_tracker.iters, onnx_tracker.image_size) == (S, ITERS, SIZE)
     torch_tracker = PipsTracker(model, S=S, iters=ITERS, image_size=SIZE)
-    got, expected = onnx_tracker(video, queries=QUERIES), torch_tracker(video, queries=QUERIES)
-    assert np.abs(expected - QUERIES[None, :, 1:]).max() > 1  # the tracks move
-    np.testing.assert_allclose(got, expected, atol=TOLERANCE_PX, rtol=0)
-    short = PipsTracker.from_onnx(exported, S=5)  # any window length runs, 2-frame windows included
+    expected = torch_tracker(video, queries=queries)
+    assert np.abs(expected - queries[None, :, 1:]).max() > 1  # the tracks move
+    np.testing.assert_allclose(onnx_tracker(video, queries=queries), expected, atol=TOLERANCE_PX, rtol=0)
+    short = np.array([[0, 20.0, 30.0], [5, 60.0, 40.0]], np.float32)
     np.testing.assert_allclose(
-        short(video[:10], grid_size=2),
-        PipsTracker(model, S=5, iters=ITERS, image_size=SIZE)(video[:10], grid_size=2),
+        onnx_tracker(video[:10], queries=short),
+        torch_tracker(video[:10], queries=short),
         atol=TOLERANCE_PX,
         rtol=0,
     )

@@ -51,6 +51,9 @@ def open_session(
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only: constant folding reports ops it leaves alone
+    # idle threads sleep instead of spinning: on a machine shared with other work, spinning threads take
+    # the cores the working ones need
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     available = ort.get_available_providers()

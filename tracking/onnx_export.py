@@ -108,6 +108,7 @@ def export_window(
             opset_version=opset,
             dynamo=True,
             dynamic_shapes=dims,
+            optimize=False,
             verbose=False,
         )
     proto = onnx_program.model_proto
