@@ -4,9 +4,12 @@ python demo.py --filename video.mp4                     # a 32x32 grid at frame 
 python demo.py --filename video.mp4 --queries q.txt     # your own points: rows of t,x,y in video pixels
 python demo.py --filename frames/ --random_weights      # smoke run without the checkpoint
 python demo.py --filename video.mp4 --onnx pips2.onnx   # the network in onnxruntime (export_onnx.py)
+python demo.py --filename video.mp4 --runtime torch     # the network in PyTorch on a CPU too
 
 (*) Settings not given: the full setting (512,896, N=1024, 16 iterations, S=64) on a GPU; the CPU setting
-(tracking/settings.py) without one, said in one line; with --onnx the export's.
+(tracking/settings.py) without one, said in one line; with --onnx the export's. On a CPU the network runs in
+onnxruntime where onnx, onnxscript and onnxruntime are installed (several times faster than PyTorch there,
+the same tracks to 1e-3 px), exported once per weights and setting into ~/.cache/pips2 ($PIPS_CACHE).
 
 Writes <out_dir>/<name>_tracks.mp4 (each track a dot with a fading trail, coloured by where it starts,
 at the video's resolution; hollow while the visibility head says it is hidden) and <name>_tracks.npz (tracks
@@ -23,13 +26,15 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from tracking.frames import check_size
-from tracking.onnx_backend import read_spec
+from tracking.onnx_backend import EXPORT_PACKAGES, can_export_and_run, read_spec
+from tracking.onnx_export import cached_export
 from tracking.predictor import PipsTracker, build_model, check_queries, grid_queries
 from tracking.settings import CPU_SETTING, FULL_SETTING, cpu_setting_line, setting_for
 from utils.checkpoint import REFERENCE_DIR
@@ -114,6 +119,9 @@ class DemoConfig:
     iters: int | None = knob(None, "refinement iterations per window (*)")
     image_size: tuple[int, int] | None = knob(None, "H,W the frames are resized to for the model (*)")
     onnx: str = knob("", "run the network in onnxruntime from this export_onnx.py file")
+    runtime: Literal["auto", "torch", "onnxruntime"] = knob(
+        "auto", "where the network runs: auto = onnxruntime on a CPU where installed, else PyTorch"
+    )
     max_frames: int = knob(0, "track only the first max_frames frames; 0 = all")
     init_ckpt: str = knob(REFERENCE_DIR, "checkpoint file, or folder of model-*.pth", aliases=("init_dir",))
     random_weights: bool = knob(False, "untrained model, no checkpoint needed (smoke runs)")
@@ -160,6 +168,18 @@ def resolve_config(cls: type[DemoConfig], flags: Flags) -> tuple[DemoConfig, lis
     return config, [cpu_setting_line(FULL_SETTING.flags(), given)] if device.type == "cpu" else []
 
 
+def use_onnxruntime(runtime: str, device: torch.device) -> bool:
+    """Whether the network runs in onnxruntime: as asked, and with auto on a CPU where it is installed
+    (one line says how to get it where it is not)."""
+    ready = can_export_and_run()
+    install = f"pip install {' '.join(EXPORT_PACKAGES)}"
+    if runtime == "onnxruntime" and not ready:
+        raise OSError(f"--runtime onnxruntime needs {', '.join(EXPORT_PACKAGES)}: {install}")
+    if runtime == "auto" and device.type == "cpu" and not ready:
+        print(f"runtime: PyTorch; {install} for onnxruntime, faster on a CPU")
+    return runtime == "onnxruntime" or (runtime == "auto" and device.type == "cpu" and ready)
+
+
 def main(cfg: DemoConfig) -> None:
     if not cfg.filename:
         raise ValueError("no video given: pass --filename <video file or folder of frames>")
@@ -170,14 +190,18 @@ def main(cfg: DemoConfig) -> None:
     else:
         query_rows = grid_queries(round(math.sqrt(cfg.N)), info.height, info.width, cfg.image_size)  # N,3
     settings = {"S": cfg.S, "iters": cfg.iters, "image_size": cfg.image_size}
-    if cfg.onnx:
-        tracker = PipsTracker.from_onnx(cfg.onnx, **settings)
-        print(f"model: {cfg.onnx} in onnxruntime ({', '.join(tracker.model.session.get_providers())})")
-    else:
+    onnx = cfg.onnx
+    if not onnx:
         if cfg.random_weights:
             torch.manual_seed(0)
         checkpoint = None if cfg.random_weights else cfg.init_ckpt
         model = build_model(checkpoint, cfg.device, fast=cfg.fast, log=print)
+        if use_onnxruntime(cfg.runtime, next(model.parameters()).device):
+            onnx = cached_export(model, cfg.S, cfg.image_size, cfg.iters, print)
+    if onnx:
+        tracker = PipsTracker.from_onnx(onnx, **settings)
+        print(f"model: {onnx} in onnxruntime ({', '.join(tracker.model.session.get_providers())})")
+    else:
         tracker = PipsTracker(model, **settings, fast=cfg.fast)
     # each distinct query frame is a forward and a backward pass that together track T-1 frames
     total = (T - 1) * len(query_rows[:, 0].unique())

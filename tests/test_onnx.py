@@ -8,6 +8,7 @@ rounding differences stay near 1e-4 px over windows. The fixture's weights go in
 full-size random updates two iterations already turn float32 rounding into hundredths of a pixel (PyTorch
 against itself, its input changed by one part in a million), whatever runs the graph."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,14 @@ import pytest
 import torch
 
 import demo
+import tracking.onnx_export
+from datasets.sample import EvalSequence
 from nets.pips2 import Pips
 from tests.test_api_golden import DAMPING, golden_video, make_tracker
 from tests.test_nets import FIXTURE, reference_weights
+from tracking.evaluate import EvalProtocol, evaluate_sequence
 from tracking.onnx_backend import OnnxWindow, read_spec
-from tracking.onnx_export import METADATA_KEY, WindowSpec
+from tracking.onnx_export import CACHE_ENV, METADATA_KEY, WindowSpec, cached_export
 from tracking.predictor import PipsTracker
 from utils.config import run
 from utils.video import write_video
@@ -169,3 +173,64 @@ def test_demo_runs_the_export_and_says_what_it_took(exported: Path, tmp_path: Pa
     assert stop.value.code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {exported} was exported for 128x192 frames")
+
+
+def test_evaluation_runs_the_export(model: Pips, exported: Path) -> None:
+    """evaluate_sequence with the ONNX window (no parameters: its frames stay on the CPU) scores as with
+    the PyTorch model."""
+    video = golden_video(T=12)
+    trajs = np.repeat(np.array([[[20.0, 30.0], [60.0, 40.0]]], np.float32), 12, axis=0)  # T,N,2
+    seq = EvalSequence(
+        "golden", video, video.shape[1:3], trajs, np.ones((12, 2), np.float32), np.ones((12, 2))
+    )
+    protocol = EvalProtocol(image_size=SIZE, resize="bilinear", S=S, iters=ITERS)
+    got, expected = (evaluate_sequence(m, seq, protocol)[1] for m in (OnnxWindow(exported), model))
+    np.testing.assert_allclose(got, expected, atol=TOLERANCE_PX, rtol=0)
+
+
+def test_exports_made_on_demand_are_cached_per_weights_and_setting(
+    exported: Path, tmp_path: Path, monkeypatch
+):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    made = []
+
+    def fake_export(model: Pips, path: Path, S: int, image_size: tuple, iters: int) -> None:
+        made.append(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(exported, path)
+
+    monkeypatch.setattr(tracking.onnx_export, "export_window", fake_export)
+    torch.manual_seed(0)
+    a, b = Pips(), Pips()
+    lines = []
+    first = cached_export(a, S, SIZE, ITERS, lines.append)
+    assert first.parent == tmp_path / "onnx" and first.is_file()
+    assert cached_export(a, S, SIZE, ITERS, lines.append) == first and made == [first]
+    assert "exporting the model once" in lines[0] and "exported before" in lines[1]
+    others = {
+        cached_export(a, S, SIZE, ITERS + 1),
+        cached_export(a, S + 1, SIZE, ITERS),
+        cached_export(b, S, SIZE, ITERS),
+    }
+    assert len(others) == 3 and first not in others and len(made) == 4
+
+
+def test_demo_on_a_cpu_runs_onnxruntime_by_default(
+    exported: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    asked = []
+
+    def fake_cached_export(model, S, image_size, iters, log) -> Path:  # noqa: ANN001
+        asked.append((S, image_size, iters))
+        return exported
+
+    monkeypatch.setattr(demo, "cached_export", fake_cached_export)
+    video = tmp_path / "clip.mp4"
+    write_video(video, golden_video(T=10), fps=10)
+    config = dict(filename=str(video), N=4, S=S, iters=ITERS, image_size=SIZE, random_weights=True)
+    demo.main(demo.DemoConfig(out_dir=str(tmp_path / "auto"), device="cpu", **config))
+    assert asked == [(S, SIZE, ITERS)] and f"model: {exported} in onnxruntime" in capsys.readouterr().out
+    demo.main(demo.DemoConfig(out_dir=str(tmp_path / "torch"), runtime="torch", **config))
+    assert len(asked) == 1
+    tracks = [np.load(tmp_path / where / "clip_tracks.npz")["tracks"] for where in ("auto", "torch")]
+    assert np.abs(tracks[0] - tracks[1]).max() > 0.01  # the export holds another model's weights

@@ -72,7 +72,7 @@ class EvalConfig:
         REFERENCE_DIR, "checkpoint, or folder of model-*.pth (the newest)", aliases=("init_dir",)
     )
     random_weights: bool = knob(False, "skip the checkpoint (smoke runs)")
-    onnx: str = knob("", "run the network in onnxruntime from this export_onnx.py file (of this size, iters)")
+    onnx: str = knob("", "run the network in onnxruntime from this export_onnx.py file (at these settings)")
     device: str = knob("", "e.g. cuda, cuda:1, cpu; '' = the best available")
     fast: bool = knob(True, "the fast path (float16, fused kernels) on CUDA; CPU always runs exact float32")
     log_dir: str = knob("./logs_eval", "TensorBoard logs and results.json")

@@ -9,6 +9,7 @@ Sessions use onnxruntime's CUDA execution provider where the installed onnxrunti
 Frames, tracks and templates stay torch tensors between windows; only the network runs in onnxruntime.
 """
 
+import importlib.util
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,14 @@ def onnxruntime() -> ModuleType:
     except ImportError:
         raise OSError("the ONNX backend needs onnxruntime: pip install onnxruntime") from None
     return ort
+
+
+EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # what exporting on demand and running need
+
+
+def can_export_and_run() -> bool:
+    """Whether the packages to export a window and run it are installed."""
+    return all(importlib.util.find_spec(name) is not None for name in EXPORT_PACKAGES)
 
 
 def _first_line(err: BaseException) -> str:

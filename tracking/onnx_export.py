@@ -20,7 +20,13 @@ iterations are unrolled, so their count is fixed too. All of these, the opset an
 export was made for are stored in the model's metadata (key METADATA_KEY, JSON) for the runtime to check.
 """
 
+import contextlib
+import hashlib
 import json
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -99,9 +105,9 @@ def export_window(
     points = torch.export.Dim("N", min=1, max=MAX_SIDE)
     dims = ({1: frames}, {1: frames, 2: points}, {2: frames, 3: points}, None)
     outputs = ["tracks", "feats"] + ["vis", "conf"] * spec.vis_head
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_exporter():
         onnx_program = torch.onnx.export(
-            WindowGraph(model, iters),
+            WindowGraph(model, iters).eval(),
             example,
             input_names=list(INPUTS),
             output_names=outputs,
@@ -120,3 +126,52 @@ def export_window(
     onnx.save_model(proto, partial)
     partial.replace(path)
     return spec
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """torch's exporter warns and logs about its own internals (renamed axes, optional torchvision ops):
+    nothing a user acts on."""
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"(torch|onnxscript|copyreg)(\.|$)")
+            yield
+    finally:
+        exporter_log.setLevel(level)
+
+
+CACHE_ENV = "PIPS_CACHE"  # where exports made on demand are kept (default ~/.cache/pips2)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pips2")
+
+
+def weights_key(model: Pips) -> str:
+    """A digest of the model's weights: equal weights give the same key."""
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_export(
+    model: Pips, S: int, image_size: tuple[int, int], iters: int, log: Callable[[str], None] | None = None
+) -> Path:
+    """The export of `model` at these settings from the cache (cache_dir()), exported there first when
+    missing (a minute or more on a small CPU); `log` is told which."""
+    spec = WindowSpec(S, *image_size, iters, model.latent_dim, model.vis_head is not None)
+    key = hashlib.sha256(f"{weights_key(model)} {spec.to_json()} {torch.__version__}".encode()).hexdigest()
+    path = cache_dir() / "onnx" / f"window-{key[:16]}.onnx"
+    if path.is_file():
+        if log is not None:
+            log(f"onnx: {path} (exported before)")
+        return path
+    if log is not None:
+        log(f"onnx: exporting the model once to {path} (a minute or more on a small CPU)")
+    export_window(model, path, S, image_size, iters)
+    return path

@@ -40,7 +40,7 @@ class Setting:
 
 
 FULL_SETTING = Setting(image_size=(512, 896), N=1024, iters=16, S=64)
-CPU_SETTING = Setting(image_size=(192, 336), N=100, iters=4, S=32)
+CPU_SETTING = Setting(image_size=(160, 280), N=64, iters=4, S=32)
 
 
 def setting_for(device: torch.device) -> Setting:
