@@ -65,7 +65,7 @@ def test_expected_time_grows_with_pixels_points_and_iterations(monkeypatch) -> N
 
     def timed(fn, *args) -> float:
         calls.append(fn.__name__)
-        return {"encode": 2.0, "predict_delta": 8 * 16 * 0.001}[fn.__name__]
+        return {"encode": 4.0, "predict_delta": 32 * 64 * 0.001}[fn.__name__]
 
     monkeypatch.setattr(tracking.settings, "_seconds", timed)
     assert frame_seconds(model, (64, 96), points=10, iters=3) == pytest.approx(2.0 + 0.001 * 30)

@@ -35,11 +35,14 @@ def onnxruntime() -> ModuleType:
 
 
 EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # what exporting on demand and running need
+EXPORT_TORCH = (2, 6)
 
 
 def can_export_and_run() -> bool:
-    """Whether the packages to export a window and run it are installed."""
-    return all(importlib.util.find_spec(name) is not None for name in EXPORT_PACKAGES)
+    """Whether the packages to export a window and run it are installed (and torch's exporter takes
+    dynamic shapes: torch 2.6 or later)."""
+    recent = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= EXPORT_TORCH
+    return recent and all(importlib.util.find_spec(name) is not None for name in EXPORT_PACKAGES)
 
 
 def _first_line(err: BaseException) -> str:

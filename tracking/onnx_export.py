@@ -84,7 +84,8 @@ def export_window(
     model: Pips, path: str | Path, S: int, image_size: tuple[int, int], iters: int, opset: int = OPSET
 ) -> WindowSpec:
     """Write one window of `model` (exact float32 path, on the CPU) to the ONNX file `path`, check it with
-    onnx.checker and store its WindowSpec in the metadata. Needs the onnx and onnxscript packages."""
+    onnx.checker and store its WindowSpec in the metadata. Needs torch 2.6 or later and the onnx and
+    onnxscript packages."""
     import onnx
 
     if S < 3:
