@@ -4,6 +4,13 @@ python demo.py --filename video.mp4                     # a 32x32 grid at frame 
 python demo.py --filename video.mp4 --queries q.txt     # your own points: rows of t,x,y in video pixels
 python demo.py --filename frames/ --random_weights      # smoke run without the checkpoint
 python demo.py --online --filename 0                    # camera 0 (or a stream URL, or a file) as it arrives
+python demo.py --filename video.mp4 --onnx pips2.onnx   # the network in onnxruntime (export_onnx.py)
+python demo.py --filename video.mp4 --runtime torch     # the network in PyTorch on a CPU too
+
+(*) Settings not given: the full setting (512,896, N=1024, 16 iterations, S=64) on a GPU; the CPU setting
+(tracking/settings.py) without one, said in one line; with --onnx the export's. On a CPU the network runs in
+onnxruntime where onnx, onnxscript and onnxruntime are installed (several times faster than PyTorch there,
+the same tracks to 1e-3 px), exported once per weights and setting into ~/.cache/pips2 ($PIPS_CACHE).
 
 Writes <out_dir>/<name>_tracks.mp4 (each track a dot with a fading trail, coloured by where it starts,
 at the video's resolution; hollow while the visibility head says it is hidden) and <name>_tracks.npz (tracks
@@ -15,6 +22,7 @@ are final S-1 frames behind, query rows are added when their frame arrives and t
 (NaN before), and Ctrl-C ends the stream keeping what was written.
 """
 
+import dataclasses
 import io
 import math
 import time
@@ -22,16 +30,21 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from tracking.frames import MIN_SIDE, check_size
+from tracking.onnx_backend import EXPORT_PACKAGES, can_export_and_run, read_spec
+from tracking.onnx_export import cached_export
 from tracking.predictor import PipsTracker, PredictionInterrupted, build_model, check_queries, grid_queries
+from tracking.settings import CPU_SETTING, FULL_SETTING, cpu_setting_line, setting_for
 from tracking.stream import record_stream
 from utils.checkpoint import REFERENCE_DIR
-from utils.config import INTERRUPT_EXIT, UsageError, knob, require, run
+from utils.config import INTERRUPT_EXIT, Flags, UsageError, default_resolve, knob, require, run
+from utils.dist import pick_device
 from utils.logger import Logger
 from utils.video import VideoInfo, VideoWriter, read_video, video_info
 from utils.vis import colors_by_position, draw_tracks
@@ -107,11 +120,15 @@ def drawn_frames(
 @dataclass(frozen=True)
 class DemoConfig:
     filename: str = knob("", "video file (mp4/mov/avi/gif/...) or folder of jpg/png frames")
-    N: int = knob(1024, "points on a square grid at frame 0: round(sqrt(N))^2, so 1024 = 32x32")
+    N: int | None = knob(None, "points on a square grid at frame 0: round(sqrt(N))^2, so 1024 = 32x32 (*)")
     queries: str = knob("", ".txt or .npy file of t,x,y rows in the video's pixels; replaces the grid")
-    S: int = knob(64, "frames per window")
-    iters: int = knob(16, "refinement iterations per window")
-    image_size: tuple[int, int] = knob((512, 896), "H,W the frames are resized to for the model")
+    S: int | None = knob(None, "frames per window (*)")
+    iters: int | None = knob(None, "refinement iterations per window (*)")
+    image_size: tuple[int, int] | None = knob(None, "H,W the frames are resized to for the model (*)")
+    onnx: str = knob("", "run the network in onnxruntime from this export_onnx.py file")
+    runtime: Literal["auto", "torch", "onnxruntime"] = knob(
+        "auto", "where the network runs: auto = onnxruntime on a CPU where installed, else PyTorch"
+    )
     max_frames: int = knob(0, "track only the first max_frames frames; 0 = all")
     init_ckpt: str = knob(REFERENCE_DIR, "checkpoint file, or folder of model-*.pth", aliases=("init_dir",))
     random_weights: bool = knob(False, "untrained model, no checkpoint needed (smoke runs)")
@@ -124,14 +141,14 @@ class DemoConfig:
     online: bool = knob(False, "track as frames arrive: --filename is a camera index, a stream URL or a file")
 
     def __post_init__(self) -> None:
-        require(self.N >= 1, "N", "at least 1", self.N)
-        require(self.S >= 2, "S", "at least 2", self.S)
-        require(self.iters >= 1, "iters", "at least 1", self.iters)
+        require(self.N is None or self.N >= 1, "N", "at least 1", self.N)
+        require(self.S is None or self.S >= 2, "S", "at least 2", self.S)
+        require(self.iters is None or self.iters >= 1, "iters", "at least 1", self.iters)
         require(self.max_frames >= 0, "max_frames", "0 or more", self.max_frames)
         require(self.fps >= 0, "fps", "0 or more", self.fps)
         require(self.trail >= 0, "trail", "0 or more", self.trail)
         try:
-            check_size(self.image_size, least=MIN_SIDE)
+            check_size(self.image_size or (MIN_SIDE, MIN_SIDE), least=MIN_SIDE)
         except ValueError as err:
             raise UsageError(f"--{err}") from None
 
@@ -165,6 +182,41 @@ def write_drawn(
     return writer.num_frames
 
 
+SETTINGS = ("image_size", "N", "iters", "S")
+
+
+def resolve_config(cls: type[DemoConfig], flags: Flags) -> tuple[DemoConfig, list[str]]:
+    """Defaults < --config files < flags, then the settings still unset: with --onnx the export's (N the
+    CPU setting's), else the full setting on a GPU and the CPU setting elsewhere, said in one line."""
+    asked, _ = default_resolve(cls, flags)
+    unset = [name for name in SETTINGS if getattr(asked, name) is None]
+    given = [f"--{name}" for name in SETTINGS if name not in unset]
+    if not unset:
+        return asked, []
+    if asked.onnx:
+        spec = read_spec(asked.onnx)
+        export = {"image_size": (spec.height, spec.width), "iters": spec.iters, "S": spec.S}
+        values = {name: export.get(name, getattr(CPU_SETTING, name)) for name in unset}
+        settings = ", ".join(f"{name}={values[name]}" for name in unset)
+        return dataclasses.replace(asked, **values), [f"{asked.onnx}: {settings} (the export's; N the CPU's)"]
+    device = pick_device(asked.device)
+    setting = setting_for(device)
+    config = dataclasses.replace(asked, **{name: getattr(setting, name) for name in unset})
+    return config, [cpu_setting_line(FULL_SETTING.flags(), given)] if device.type == "cpu" else []
+
+
+def use_onnxruntime(runtime: str, device: torch.device) -> bool:
+    """Whether the network runs in onnxruntime: as asked, and with auto on a CPU where it is installed
+    (one line says how to get it where it is not)."""
+    ready = can_export_and_run()
+    install = f"pip install {' '.join(EXPORT_PACKAGES)}"
+    if runtime == "onnxruntime" and not ready:
+        raise OSError(f"--runtime onnxruntime needs {', '.join(EXPORT_PACKAGES)}: {install}")
+    if runtime == "auto" and device.type == "cpu" and not ready:
+        print(f"runtime: PyTorch; {install} for onnxruntime, faster on a CPU")
+    return runtime == "onnxruntime" or (runtime == "auto" and device.type == "cpu" and ready)
+
+
 def main(cfg: DemoConfig) -> None:
     if not cfg.filename:
         raise ValueError("no video given: pass --filename <video file or folder of frames>")
@@ -180,10 +232,20 @@ def main(cfg: DemoConfig) -> None:
             raise ValueError(f"query file {cfg.queries}: {err}") from None
     else:
         query_rows = grid_queries(round(math.sqrt(cfg.N)), info.height, info.width, cfg.image_size)  # N,3
-    if cfg.random_weights:
-        torch.manual_seed(0)
-    model = build_model(None if cfg.random_weights else cfg.init_ckpt, cfg.device, fast=cfg.fast, log=print)
-    tracker = PipsTracker(model, S=cfg.S, iters=cfg.iters, image_size=cfg.image_size)
+    settings = {"S": cfg.S, "iters": cfg.iters, "image_size": cfg.image_size}
+    onnx = cfg.onnx
+    if not onnx:
+        if cfg.random_weights:
+            torch.manual_seed(0)
+        checkpoint = None if cfg.random_weights else cfg.init_ckpt
+        model = build_model(checkpoint, cfg.device, fast=cfg.fast, log=print)
+        if use_onnxruntime(cfg.runtime, next(model.parameters()).device):
+            onnx = cached_export(model, cfg.S, cfg.image_size, cfg.iters, print)
+    if onnx:
+        tracker = PipsTracker.from_onnx(onnx, **settings)
+        print(f"model: {onnx} in onnxruntime ({', '.join(tracker.model.session.get_providers())})")
+    else:
+        tracker = PipsTracker(model, **settings)
     # each distinct query frame is a forward and a backward pass that together track T-1 frames
     total = (T - 1) * len(query_rows[:, 0].unique())
     began = time.perf_counter()
@@ -251,4 +313,4 @@ def run_online(cfg: DemoConfig) -> None:
 
 
 if __name__ == "__main__":
-    run(main, DemoConfig)
+    run(main, DemoConfig, resolve_config)

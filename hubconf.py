@@ -48,7 +48,8 @@ def pips2_tracker(
     pretrained: bool = True, device: torch.device | str | None = None, fast: bool = True, **kwargs: Any
 ) -> PipsTracker:
     """A PipsTracker (tracking/predictor.py) on `device` (None = best available), on the fast path where it
-    pays unless `fast` is False; kwargs: S, iters, image_size. `tracker.predict(...)` gives visibility and
-    confidence beside the tracks where the weights have a visibility head."""
+    pays unless `fast` is False; kwargs: S, iters, image_size (those not given: the full setting on a GPU, the
+    CPU setting elsewhere, logged in one line). `tracker.predict(...)` gives visibility and confidence beside
+    the tracks where the weights have a visibility head."""
     model = build_model(_reference_dir() if pretrained else None, "" if device is None else device, fast=fast)
     return PipsTracker(model, **kwargs)

@@ -9,6 +9,8 @@
     timing.py     the time mode: each workload on each path; time, peak memory, FLOPs, official figures
     agreement.py  the agree mode: the fast path's tracks against the exact path's, with trained weights
     videos.py     the videos mode: PipsTracker through long generated videos
+    cpu_backends.py  the CPU runtimes side by side (eager, torch.compile, onnxruntime); runs alone too
+    online.py     online against offline tracking: frames/s, latency, memory over a long stream; runs alone
 
 A new kind of row in the time table (a CPU backend: torch.compile, onnxruntime; online tracking) is one
 function `(workload, inputs, options) -> Step` (see paths.py), in paths.py or a module of its own, and one

@@ -45,15 +45,17 @@ def _window_dots(fmap: torch.Tensor, targets: torch.Tensor, corner: torch.Tensor
     inside = ((ys >= 0) & (ys < H))[..., :, None] & ((xs >= 0) & (xs < W))[..., None, :]  # BS,N,K,K
     base = torch.arange(BS, device=fmap.device).view(BS, 1, 1, 1) * (H * W)
     idx = ys.clamp(0, H - 1)[..., :, None] * W + xs.clamp(0, W - 1)[..., None, :] + base  # BS,N,K,K
-    step = max(1, GATHER_BUDGET // (BS * K * K * C))  # points per chunk
-    chunks = []
-    for n0 in range(0, N, step):
-        n = min(step, N - n0)
+
+    def dots(n0: int, n: int) -> torch.Tensor:
         win = feat[idx[:, n0 : n0 + n].reshape(-1)].view(BS * n, K * K, C)  # BSn,KK,C
         tgt = targets[:, n0 : n0 + n].reshape(BS * n, C, 1)
-        chunks.append(torch.bmm(win, tgt).view(BS, n, K, K))
-    dots = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)  # BS,N,K,K
-    return dots * inside
+        return torch.bmm(win, tgt).view(BS, n, K, K)
+
+    if isinstance(N, torch.SymInt):  # a graph export with N symbolic: chunks would fix N in the graph
+        return dots(0, N) * inside
+    step = max(1, GATHER_BUDGET // (BS * K * K * C))  # points per chunk
+    chunks = [dots(n0, min(step, N - n0)) for n0 in range(0, N, step)]
+    return (chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)) * inside  # BS,N,K,K
 
 
 def sample_corr_level(

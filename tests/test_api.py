@@ -11,6 +11,7 @@ from nets.pips2 import Pips, PipsOutput
 from nets.precision import EXACT, Precision
 from tracking.frames import VideoFileFrames
 from tracking.predictor import Float16Guard, PipsTracker, build_model, check_queries, grid_queries
+from tracking.settings import CPU_SETTING
 from utils.checkpoint import save
 from utils.dist import pick_device
 from utils.video import read_frames, write_video
@@ -440,8 +441,12 @@ def test_calls_pass_the_frame_limit_progress_and_iterations_on(monkeypatch) -> N
 def test_trackers_run_where_they_are_put(plain_checkpoint, monkeypatch) -> None:
     tracker = PipsTracker(torch.nn.Linear(1, 1, device="meta"))
     assert tracker.device == torch.device("meta")  # the model's device
-    default = PipsTracker(CallLog())
-    assert (default.S, default.iters, default.image_size) == (64, 16, (512, 896))
+    default = PipsTracker(CallLog())  # on the CPU: the CPU setting (tests/test_settings.py)
+    assert (default.S, default.iters, default.image_size) == (
+        CPU_SETTING.S,
+        CPU_SETTING.iters,
+        CPU_SETTING.image_size,
+    )
     asked = []
 
     def fake_choose_precision(device, fast=True, training=False):  # noqa: ANN202

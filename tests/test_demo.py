@@ -13,7 +13,7 @@ from demo import DemoConfig, drawn_frames, load_queries, main
 from utils.video import read_frames, video_info, write_video
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(S=8, iters=1, image_size=(64, 96), random_weights=True, device="cpu")
+TINY = dict(S=8, iters=1, image_size=(64, 96), random_weights=True, device="cpu", runtime="torch")
 
 
 def make_video(path: Path, T: int = 16, H: int = 96, W: int = 128) -> Path:

@@ -70,6 +70,12 @@ ROWS = {
         "--max_frames 8 --S 8 --iters 1 --image_size 64,96 --N 16",
         None,
     ),
+    "python export_onnx.py": ({}, "", NO_MODEL),
+    "python demo.py --filename video.mp4 --onnx pips2.onnx": (
+        {},
+        "",
+        "error: no such ONNX model: pips2.onnx",
+    ),
     "python benchmark.py": ({}, "--S 4 --N 8 --H 64 --W 64 --iters 1 --warmup 0 --repeats 1", None),
     "python benchmark.py videos --lengths 250,1000": ({}, "--lengths 12", None),
 }
@@ -116,7 +122,7 @@ def ran(tmp_path_factory) -> tuple[Path, dict[str, subprocess.CompletedProcess]]
     here = tmp_path_factory.mktemp("fresh")
     write_video(here / "video.mp4", np.random.default_rng(0).integers(0, 256, (12, 96, 128, 3), np.uint8))
     (here / "q.txt").write_text("0 10 20\n5 60.5 40\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PIPS_CACHE": str(here / "cache")}
     env.pop("PIPS_DEBUG", None)
     done = {}
     for command in ROWS:

@@ -226,6 +226,7 @@ def test_api_and_demo_give_visibility(tmp_path: Path) -> None:
             init_ckpt=str(ckpt),
             N=4,
             out_dir=str(tmp_path / "out"),
+            runtime="torch",
             **TINY,
         )
     )

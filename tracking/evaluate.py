@@ -27,7 +27,9 @@ from datasets.sample import EvalSequence, UnreadableSequence
 from nets.pips2 import Pips
 from nets.tracker import VideoTracks, WindowModel, track_from_first_frame
 from tracking.frames import MIN_SIDE, Frames, check_size, open_frames
+from tracking.onnx_backend import OnnxWindow
 from tracking.predictor import Float16Guard, build_model
+from tracking.settings import expected_time_line
 from utils.checkpoint import REFERENCE_DIR
 from utils.config import INTERRUPT_EXIT, UsageError, knob, require
 from utils.logger import Logger, RunningMeans
@@ -74,6 +76,7 @@ class EvalConfig:
         REFERENCE_DIR, "checkpoint, or folder of model-*.pth (the newest)", aliases=("init_dir",)
     )
     random_weights: bool = knob(False, "skip the checkpoint (smoke runs)")
+    onnx: str = knob("", "run the network in onnxruntime from this export_onnx.py file (at these settings)")
     device: str = knob("", "e.g. cuda, cuda:1, cpu; '' = the best available")
     fast: bool = knob(True, "the fast path (float16, fused kernels) on CUDA; CPU always runs exact float32")
     log_dir: str = knob("./logs_eval", "TensorBoard logs and results.json")
@@ -211,7 +214,7 @@ def evaluate_sequence(
         occluded; None where there are none), with a visibility head the occlusion_accuracy and
         average_jaccard, then the protocol's extra metrics.
     """
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device  # an ONNX window holds no parameters: CPU
     size = protocol.image_size
     keep = seq.valids[0] > 0  # N
     trajs_g = scale_tracks(seq.trajs[:, keep], seq.image_hw, size)  # T,N',2
@@ -415,10 +418,16 @@ def evaluate_and_report(dataset: EvalDataset, protocol: EvalProtocol, config: Ev
     skipped sequences, per-video rows)."""
     log_dir = Path(config.log_dir)
     progress = Progress(log_dir, dataclasses.asdict(config), config.resume)
-    checkpoint = None if config.random_weights else config.init_ckpt
-    if checkpoint is None:
-        torch.manual_seed(0)  # one random model for every run, so a resumed run's videos fit the earlier ones
-    model = build_model(checkpoint, config.device, fast=config.fast, log=tqdm.write)
+    if config.onnx:
+        model = OnnxWindow(config.onnx)
+        model.check(config.image_size, config.iters)
+    else:
+        checkpoint = None if config.random_weights else config.init_ckpt
+        if checkpoint is None:
+            torch.manual_seed(0)  # one random model for every run, so a resumed run's videos fit the earlier
+        model = build_model(checkpoint, config.device, fast=config.fast, log=tqdm.write)
+        if next(model.parameters()).device.type == "cpu":
+            tqdm.write(expected_time_line(model, config.image_size, config.iters))
     log = Logger(log_dir)
     try:
         results = evaluate_dataset(

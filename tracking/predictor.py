@@ -25,6 +25,8 @@ from nets.pips2 import VIS_HEAD_PREFIX, Feats, Pips, PipsOutput
 from nets.precision import choose_precision
 from nets.tracker import Progress, TrackingInterrupted, VideoTracks, track
 from tracking.frames import Frames, Video, check_size, open_frames
+from tracking.onnx_backend import OnnxWindow
+from tracking.settings import fill_setting
 from utils.checkpoint import REFERENCE_DIR, load_state, read_weights, strip_prefixes
 from utils.dist import pick_device
 
@@ -152,11 +154,13 @@ class PipsTracker:
 
     Args:
         model: a Pips (or anything with its forward); it is put in eval mode and left on its device.
-        S: frames per window. 64 is the length the reference model was fine-tuned on at 512x896: longer
+        S: frames per window (None = 64 on a GPU, the CPU setting's elsewhere: tracking/settings.py). 64 is
+            the length the reference model was fine-tuned on at 512x896: longer
             than the delta block's temporal receptive field (about 35 frames), half the memory of the
             evaluation's 128, and its windows still overlap by a single frame.
-        iters: refinement iterations per window.
-        image_size: H,W the frames are resized to for the model.
+        iters: refinement iterations per window (None = 16 on a GPU, the CPU setting's elsewhere).
+        image_size: H,W the frames are resized to for the model (None = 512x896 on a GPU, the CPU
+            setting's elsewhere). Settings left None on a CPU are logged in one line.
         device: where frames are sent; None = the model's device.
 
     The model runs with the precision it has: build_model (and so from_checkpoint) puts it on the fast
@@ -166,18 +170,19 @@ class PipsTracker:
     def __init__(
         self,
         model: nn.Module,
-        S: int = 64,
-        iters: int = 16,
-        image_size: Sequence[int] = (512, 896),
+        S: int | None = None,
+        iters: int | None = None,
+        image_size: Sequence[int] | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        if S < 2 or iters < 1:
-            raise ValueError(f"need S >= 2 and iters >= 1, got S={S}, iters={iters}")
         self.model = model.eval()
         if device is None:
             param = next(model.parameters(), None)
             device = param.device if param is not None else "cpu"
         self.device = torch.device(device)
+        S, iters, image_size = fill_setting(self.device, S, iters, image_size)
+        if S < 2 or iters < 1:
+            raise ValueError(f"need S >= 2 and iters >= 1, got S={S}, iters={iters}")
         self.S, self.iters = S, iters
         self.image_size = check_size(image_size)
 
@@ -186,9 +191,9 @@ class PipsTracker:
         cls,
         path: str | Path | None = None,
         device: torch.device | str | None = None,
-        S: int = 64,
-        iters: int = 16,
-        image_size: Sequence[int] = (512, 896),
+        S: int | None = None,
+        iters: int | None = None,
+        image_size: Sequence[int] | None = None,
         fast: bool = True,
     ) -> "PipsTracker":
         """A tracker with the weights of `path` (a checkpoint file or directory; None = REFERENCE_DIR) on
@@ -198,6 +203,25 @@ class PipsTracker:
         )
         dev = next(model.parameters()).device
         return cls(model, S=S, iters=iters, image_size=image_size, device=dev)
+
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | Path,
+        S: int | None = None,
+        iters: int | None = None,
+        image_size: Sequence[int] | None = None,
+        providers: Sequence[str] | None = None,
+    ) -> "PipsTracker":
+        """A tracker whose windows run in onnxruntime (tracking/onnx_backend.py) from an export_onnx.py file;
+        S, iters and image_size default to the export's, and other values than it takes are a ValueError
+        naming the file."""
+        window = OnnxWindow(path, providers)
+        spec = window.spec
+        image_size = (spec.height, spec.width) if image_size is None else check_size(image_size)
+        iters = spec.iters if iters is None else iters
+        window.check(image_size, iters)
+        return cls(window, S=spec.S if S is None else S, iters=iters, image_size=image_size, device="cpu")
 
     def __call__(
         self,
