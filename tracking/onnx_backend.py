@@ -109,13 +109,6 @@ class OnnxWindow(nn.Module):
         self.path = Path(path)
         self.session, self.spec = open_session(self.path, providers, threads)
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self.fast_dtype = torch.float32
-
-    def set_fast(self, enabled: bool = True, dtype: torch.dtype | None = None) -> "OnnxWindow":
-        """The graph is the exact float32 path; there is no fast path to switch on."""
-        if enabled:
-            raise ValueError(f"{self.path} runs the exact float32 path only: no fast path")
-        return self
 
     def check(self, image_size: Sequence[int], iters: int) -> None:
         """ValueError naming the file when it was exported for other frames or another iteration count."""
@@ -168,7 +161,7 @@ class OnnxWindow(nn.Module):
         tensors = dict(zip(self.outputs, (torch.from_numpy(x).to(device) for x in joined)))
         tracks, feats = tensors["tracks"], tuple(tensors["feats"].unbind(0))
         vis, conf = tensors.get("vis"), tensors.get("conf")
-        return PipsOutput(tracks, [], feats, [], vis, conf)
+        return PipsOutput(tracks, [], feats, vis, conf)
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from nets.corr import CorrBlock, build_pyramid
 from nets.pips2 import Pips
 
 OPSET = 18  # GridSample (4-D) since 16; 18 is what onnxruntime 1.14 and later run on every provider
@@ -70,14 +71,19 @@ class WindowGraph(nn.Module):
         self, rgbs: torch.Tensor, trajs_e0: torch.Tensor, feat_init: torch.Tensor, has_feat_init: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         B, S, _, H, W = rgbs.shape
-        fmaps = self.model._encode_frames(rgbs.reshape(B * S, 3, H, W), torch.float32)  # BS,C,H8,W8
+        model = self.model
+        fmaps = model._encode_frames(rgbs.reshape(B * S, 3, H, W))  # BS,C,H8,W8
         fmaps = fmaps.reshape(B, S, *fmaps.shape[1:])  # B,S,C,H8,W8
+        corr = CorrBlock(build_pyramid(fmaps, model.corr_levels), model.corr_radius, False)
+        coords = trajs_e0 / float(model.stride)  # B,S,N,2 feature pixels
         frame0 = torch.zeros(S, dtype=torch.long, device=rgbs.device)
-        first = self.model.sample_templates(fmaps, trajs_e0 / float(self.model.stride), frame0)  # B,S,N,C
-        feats = torch.where(has_feat_init, feat_init, first[None])  # 3,B,S,N,C
-        out = self.model._refine(fmaps, trajs_e0, self.iters, tuple(feats.unbind(0)), False, torch.float32)
-        result = (out.tracks, torch.stack(out.feats))
-        return result if out.vis is None else (*result, out.vis, out.conf)
+        first = model.sample_templates(fmaps, coords, frame0)  # B,S,N,C
+        feats = tuple(torch.where(has_feat_init, feat_init, first[None]).unbind(0))  # 3 x B,S,N,C
+        _, coords, feats = model.refine(fmaps, corr, coords, feats, self.iters)
+        result = (coords * model.stride, torch.stack(feats))
+        if model.vis_head is None:
+            return result
+        return (*result, *model.visibility(corr, feats, coords, fmaps.shape[-2:]))
 
 
 def export_window(
