@@ -332,7 +332,7 @@ def evaluate_and_report(dataset: EvalDataset, protocol: EvalProtocol, config: Ev
     else:
         checkpoint = None if config.random_weights else config.init_ckpt
         model = build_model(checkpoint, config.device, fast=config.fast, log=tqdm.write)
-        if next(model.parameters()).device.type == "cpu":
+        if isinstance(model, Pips) and next(model.parameters()).device.type == "cpu":
             tqdm.write(expected_time_line(model, config.image_size, config.iters))
     log_dir = Path(config.log_dir)
     log = Logger(log_dir)
