@@ -199,6 +199,7 @@ SCRIPTS = (
     "test_on_cro.py",
     "demo.py",
     "benchmark.py",
+    "export_onnx.py",
 )
 
 
