@@ -5,10 +5,13 @@ python export_onnx.py --image_size 512,896 --iters 16 --S 64  # the full setting
 python export_onnx.py --random_weights --out random.onnx      # smoke run without the checkpoint
 python demo.py --filename video.mp4 --onnx pips2.onnx         # track with it
 
-The frame size and the iterations are fixed in the graph; S (any window length from 2) and the number of
-points are not. The export's settings are stored in the model's metadata, and the tracker takes its window
-length, iterations and image size from there. Exporting takes a minute or more on a small CPU and needs the
-onnx and onnxscript packages (pip install onnx onnxscript); running the graph needs only onnxruntime.
+The graph is opset 18. The frame size and the iterations are fixed in it (the tracker resizes every frame
+to one size, and fixed sides let onnxruntime fold the encoder's resize and plan its memory); S and the number
+of points are dynamic (a pass shorter than S runs shorter windows; any number of queries). The export's
+settings are stored in the model's metadata, and the tracker takes its window length, iterations and image
+size from there and refuses other frames or iterations with one line naming the file. Exporting takes a
+minute or more on a small CPU and needs torch 2.6 or later and the onnx and onnxscript packages (pip install
+onnx onnxscript); running the graph needs only onnxruntime.
 """
 
 import time

@@ -228,6 +228,7 @@ SCRIPTS = (
     "test_on_cro.py",
     "demo.py",
     "benchmark.py",
+    "export_onnx.py",
 )
 
 

@@ -65,10 +65,10 @@ def test_expected_time_grows_with_pixels_points_and_iterations(monkeypatch) -> N
 
     def timed(fn, *args) -> float:
         calls.append(fn.__name__)
-        return {"encode": 4.0, "predict_delta": 32 * 64 * 0.001}[fn.__name__]
+        return {"encode": 4.0, "predict_delta": 32 * 16 * 0.001}[fn.__name__]
 
     monkeypatch.setattr(tracking.settings, "_seconds", timed)
     assert frame_seconds(model, (64, 96), points=10, iters=3) == pytest.approx(2.0 + 0.001 * 30)
-    assert calls == ["encode", "encode", "predict_delta", "predict_delta"]
+    assert calls == ["encode", "encode", "predict_delta"]
     line = tracking.settings.expected_time_line(model, (512, 896), iters=16, points=256)
     assert "about 6.1 s per video frame at 512x896, 16 iterations and 256 points (1.7 h per 1000" in line

@@ -155,9 +155,9 @@ class PipsTracker:
     Args:
         model: a Pips (or anything with its forward); it is put in eval mode and left on its device.
         S: frames per window (None = 64 on a GPU, the CPU setting's elsewhere: tracking/settings.py). 64 is
-            the length the reference model was fine-tuned on at 512x896: longer
-            than the delta block's temporal receptive field (about 35 frames), half the memory of the
-            evaluation's 128, and its windows still overlap by a single frame.
+            the length the reference model was fine-tuned on at 512x896: longer than the delta block's
+            temporal receptive field (about 35 frames), half the memory of the evaluation's 128, and its
+            windows still overlap by a single frame.
         iters: refinement iterations per window (None = 16 on a GPU, the CPU setting's elsewhere).
         image_size: H,W the frames are resized to for the model (None = 512x896 on a GPU, the CPU
             setting's elsewhere). Settings left None on a CPU are logged in one line.

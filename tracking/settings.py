@@ -81,17 +81,16 @@ def _seconds(fn, *args: torch.Tensor) -> float:
 
 def frame_seconds(model: Pips, image_size: tuple[int, int], points: int, iters: int) -> float:
     """Seconds per video frame that `model` will take on its device at this setting, from two encoded
-    frames and one delta-block pass over 32 frames of 64 points, each timed after a first run (seconds at
-    512x896 on a small CPU; single frames or few points would run slower than tracking does)."""
+    frames (timed after a first run that sets the kernels up) and one delta-block pass over 32 frames of
+    16 points: about 10 s at 512x896 on a small CPU, 1 s at small sizes."""
     device = next(model.parameters()).device
     H, W = image_size
     frames = torch.rand(1, 2, 3, H, W, device=device) * 255
-    _seconds(model.encode, frames)  # the first call sets the kernels up
+    _seconds(model.encode, frames[:, :1])
     encode = _seconds(model.encode, frames) / 2
-    S, n = 32, 64
+    S, n = 32, 16  # fewer points per pass would run slower per point than tracking does
     dim = model.delta_block.first_block_conv.conv.in_channels - model.latent_dim - 2
     fcorrs, coords = torch.randn(1, S, n, dim, device=device), torch.randn(1, S, n, 2, device=device)
-    _seconds(model.predict_delta, fcorrs, coords)
     delta = _seconds(model.predict_delta, fcorrs, coords) / (S * n)
     return encode + delta * points * iters
 
