@@ -147,6 +147,7 @@ def test_ctrl_c_while_tracking_keeps_the_frames_done(tmp_path) -> None:
     frames done (and their count), the mp4 plays with as many frames, and a line says so."""
     video = make_video(tmp_path / "long.mp4", T=240, H=64, W=96)
     cmd = [sys.executable, "demo.py", "--filename", str(video), "--N", "16", "--S", "8", "--iters", "1"]
+    cmd += ["--runtime", "torch"]  # the tracker's loop is the same in onnxruntime; no export to wait for
     cmd += [
         "--image_size",
         "64,96",

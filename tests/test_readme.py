@@ -67,7 +67,7 @@ ROWS = {
     "python demo.py --filename video.mp4 --queries q.txt": ({}, "", NO_MODEL),
     "python demo.py --filename video.mp4 --random_weights": (
         {},
-        "--max_frames 8 --S 8 --iters 1 --image_size 64,96 --N 16",
+        "--max_frames 8 --S 8 --iters 1 --image_size 64,96 --N 16 --runtime torch",
         None,
     ),
     "python export_onnx.py": ({}, "", NO_MODEL),

@@ -108,7 +108,7 @@ def test_a_camera_that_stops_or_cannot_be_opened_is_named(tmp_path: Path) -> Non
     with pytest.raises(FileNotFoundError, match="no such video file: .*nothing.mp4"):
         open_stream(str(tmp_path / "nothing.mp4"))
     with pytest.raises(OSError, match="^cannot open camera 57$"):
-        main(DemoConfig(online=True, filename="57", out_dir=str(tmp_path / "out"), **TINY))
+        main(DemoConfig(online=True, filename="57", out_dir=str(tmp_path / "out"), N=16, **TINY))
     assert not (tmp_path / "out").exists()
 
 
