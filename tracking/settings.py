@@ -4,7 +4,7 @@ CPU, which the evaluation scripts print before they start.
 
 Cost per video frame, measured on the CPU: the encoder's grows with the frame's pixels, the delta block's
 with points x iterations (about 30 MFLOP per point, frame and iteration); the correlations are a few percent.
-The CPU setting cuts both until a 2-core machine tracks the demo's 372-frame video in under 3 minutes, the
+The CPU setting cuts both until a 2-core machine tracks the demo's 372-frame video in about 3 minutes, the
 export to onnxruntime included (README, "Inference on a CPU")."""
 
 import logging
