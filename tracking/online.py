@@ -113,7 +113,7 @@ class OnlineTracker:
         self.height = self.width = 0  # the stream's frame size, set by the first frame
         self.num_frames = 0  # frames pushed
         self.num_points = 0  # points added
-        self._frames: deque[torch.Tensor] = deque(maxlen=self.S)  # the last S frames, 1,1,3,H',W' each
+        self._frames: deque[torch.Tensor] = deque(maxlen=self.S)  # the last S frames, H',W',3 float each
         self._chains: list[_Chain] = []
         self._emitted = 0  # frames whose final tracks were given
         self._scale = torch.ones(2)  # x then y: model pixels per stream pixel
@@ -129,7 +129,10 @@ class OnlineTracker:
         (one frame once S frames have arrived, none before) and, with `provisional`, this frame's estimate."""
         rgb = self._check_frame(frame)
         now = self.num_frames
-        self._frames.append(resize_frames(frames_to_rgbs(rgb.to(self.device)[None, None]), self.image_size))
+        resized = resize_frames(
+            frames_to_rgbs(rgb.to(self.device)[None, None]), self.image_size
+        )  # 1,1,3,H',W'
+        self._frames.append(resized[0, 0].movedim(0, -1).contiguous())  # H',W',3
         self.num_frames += 1
         for chain in list(self._chains):
             if now == chain.end:
@@ -257,10 +260,11 @@ class OnlineTracker:
         return rgb
 
     def _held(self, start: int, end: int) -> torch.Tensor:
-        """Frames [start, end) at the model's resolution, 1,T,3,H',W'."""
+        """Frames [start, end) at the model's resolution, 1,T,3,H',W', laid out in memory as the offline
+        frame sources lay them out (channels last), so that the model runs the same kernels on them."""
         first = self.num_frames - len(self._frames)
         assert first <= start < end <= self.num_frames, f"frames [{start}, {end}) are no longer held"
-        return torch.cat([self._frames[t - first] for t in range(start, end)], dim=1)
+        return frames_to_rgbs(torch.stack([self._frames[t - first] for t in range(start, end)])[None])
 
     def _run(self, start: int, end: int, init: torch.Tensor, feat_init: Feats | None) -> _Window:
         """The model over frames [start, end) from the initial tracks init (end-start),n,2."""
