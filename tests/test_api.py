@@ -488,3 +488,28 @@ def test_build_model_follows_the_checkpoints_head(tmp_path, caplog) -> None:
         f"checkpoint {tmp_path / 'backbone.pth'} has no vis_head.* parameters: they start from their "
         "initialisation, untrained"
     ]
+
+
+class FakeWindow(torch.nn.Module):
+    """Stands in for OnnxWindow: an export's spec, and the settings it was asked to check."""
+
+    def __init__(self, path, providers=None) -> None:
+        super().__init__()
+        from tracking.onnx_export import WindowSpec
+
+        self.path, self.providers, self.checked = path, providers, []
+        self.spec = WindowSpec(S=12, height=96, width=160, iters=3, latent_dim=128, vis_head=False)
+
+    def check(self, image_size, iters) -> None:
+        self.checked.append((tuple(image_size), iters))
+
+
+def test_from_onnx_takes_the_exports_settings_unless_given(monkeypatch) -> None:
+    monkeypatch.setattr(tracking.predictor, "OnnxWindow", FakeWindow)
+    tracker = PipsTracker.from_onnx("a.onnx", providers=["CPUExecutionProvider"])
+    assert (tracker.S, tracker.iters, tracker.image_size) == (12, 3, (96, 160))
+    assert tracker.device == torch.device("cpu") and tracker.model.path == "a.onnx"
+    assert tracker.model.providers == ["CPUExecutionProvider"] and tracker.model.checked == [((96, 160), 3)]
+    given = PipsTracker.from_onnx("b.onnx", S=20, iters=5, image_size=[64, 128])
+    assert (given.S, given.iters, given.image_size) == (20, 5, (64, 128))
+    assert given.model.checked == [((64, 128), 5)] and given.model.providers is None
