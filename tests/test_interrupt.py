@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,11 @@ def test_handlers_are_restored_after_the_block() -> None:
     with StopRequest() as stop:
         assert signal.getsignal(signal.SIGTERM) != before and not stop.requested
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_without_quitting_at_once_a_second_signal_meets_the_handlers_from_before() -> None:
+    with pytest.raises(KeyboardInterrupt), StopRequest(quit_at_once=False) as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested
+        os.kill(os.getpid(), signal.SIGINT)  # Python's own handler: KeyboardInterrupt
+        time.sleep(5)

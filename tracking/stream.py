@@ -12,7 +12,6 @@ is raised.
 import math
 import os
 import queue
-import signal
 import sys
 import threading
 import time
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from tracking.online import OnlineTracker, TrackFrames
 from tracking.predictor import PipsTracker, check_queries, grid_queries
+from utils.interrupt import StopRequest
 from utils.video import VideoWriter
 from utils.vis import colors_by_position, draw_tracks
 
@@ -269,30 +269,6 @@ class StreamSummary(NamedTuple):
     seconds: float
 
 
-class _StopOnInterrupt:
-    """Within the block, the first Ctrl-C (SIGINT) or SIGTERM only sets `requested`, so that the loop stops
-    at the next frame, and restores the previous handlers: a second one interrupts at once. Outside the main
-    thread (where no signal arrives) it does nothing."""
-
-    def __enter__(self) -> "_StopOnInterrupt":
-        self.requested = False
-        self._previous: dict[int, object] = {}
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.requested = True
-        self._restore()
-
-    def _restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def __exit__(self, *exc: object) -> None:
-        self._restore()
-
-
 def _query_rows(
     frame: np.ndarray, queries: np.ndarray | None, grid_size: int | None, image_size: tuple[int, int]
 ) -> np.ndarray:
@@ -326,7 +302,7 @@ def track_stream(
         raise ValueError("give exactly one of queries (N,3 rows of t,x,y) and grid_size")
     began = time.perf_counter()
     error = None
-    with _StopOnInterrupt() as stop:
+    with StopRequest(quit_at_once=False) as stop:
         try:
             for t, frame in enumerate(frames):
                 if t == 0:

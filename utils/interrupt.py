@@ -3,6 +3,7 @@
 import os
 import signal
 import sys
+import threading
 from types import FrameType, TracebackType
 
 import torch
@@ -24,30 +25,39 @@ def ignore_stop_signals(_worker_id: int | None = None) -> None:
 
 class StopRequest:
     """Inside `with StopRequest(notice) as stop:` the first SIGINT or SIGTERM only records itself (and
-    prints `notice`), so the job stops at its next safe point; a second one ends the process at once with
-    status 128 + signal, leaving every file that is written atomically as it was."""
+    prints `notice`), so the job stops at its next safe point. A second one ends the process at once with
+    status 128 + signal, leaving every file that is written atomically as it was; with quit_at_once=False it
+    meets the handlers from before the block instead (Ctrl-C raises KeyboardInterrupt, so files close).
+    Outside the main thread, where no signal arrives, the block changes nothing."""
 
-    def __init__(self, notice: str | None = None) -> None:
-        self.notice = notice
+    def __init__(self, notice: str | None = None, quit_at_once: bool = True) -> None:
+        self.notice, self.quit_at_once = notice, quit_at_once
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "StopRequest":
-        for signum in STOP_SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._record)
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._record)
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        self._previous = {}
 
     def _record(self, signum: int, _frame: FrameType | None) -> None:
         if self.signum is not None:
             os.write(2, b"interrupted again: quitting now; files saved before are kept\n")
             os._exit(exit_code(signum))
         self.signum = signum
+        if not self.quit_at_once:
+            self._restore()
         if self.notice:
             sys.stderr.write(self.notice + "\n")
             sys.stderr.flush()
