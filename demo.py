@@ -24,10 +24,10 @@ are final S-1 frames behind, query rows are added when their frame arrives and t
 
 import dataclasses
 import io
+import itertools
 import math
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -37,17 +37,24 @@ import torch
 from tqdm import tqdm
 
 from tracking.frames import MIN_SIDE, check_size
-from tracking.onnx_backend import EXPORT_PACKAGES, can_export_and_run, read_spec
+from tracking.onnx_backend import read_spec, use_onnxruntime
 from tracking.onnx_export import cached_export
-from tracking.predictor import PipsTracker, PredictionInterrupted, build_model, check_queries, grid_queries
+from tracking.outputs import save_npz, write_tracks_video
+from tracking.predictor import (
+    PipsTracker,
+    Prediction,
+    PredictionInterrupted,
+    build_model,
+    check_queries,
+    grid_queries,
+)
 from tracking.settings import CPU_SETTING, FULL_SETTING, cpu_setting_line, setting_for
 from tracking.stream import record_stream
 from utils.checkpoint import REFERENCE_DIR
 from utils.config import INTERRUPT_EXIT, Flags, UsageError, default_resolve, knob, require, run
 from utils.dist import pick_device
 from utils.logger import Logger
-from utils.video import VideoInfo, VideoWriter, read_video, video_info
-from utils.vis import colors_by_position, draw_tracks
+from utils.video import VideoInfo, video_info
 
 
 def load_queries(path: str | Path) -> np.ndarray:
@@ -72,49 +79,6 @@ def load_queries(path: str | Path) -> np.ndarray:
     if rows.ndim != 2 or rows.shape[1] != 3:
         raise ValueError(f"query file {p} must hold rows of t,x,y; got an array of shape {rows.shape}")
     return rows
-
-
-def _chunks(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
-    """Consecutive stacks of up to `size` frames, T,H,W,3."""
-    chunk = []
-    for frame in frames:
-        chunk.append(frame)
-        if len(chunk) == size:
-            yield np.stack(chunk)
-            chunk = []
-    if chunk:
-        yield np.stack(chunk)
-
-
-def _even(frames: np.ndarray) -> np.ndarray:
-    """Pad T,H,W,3 frames by one edge row/column where H or W is odd (H.264 needs even sizes)."""
-    _, H, W, _ = frames.shape
-    return np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
-
-
-def drawn_frames(
-    filename: str,
-    tracks: np.ndarray,
-    visible: np.ndarray | None,
-    colors: np.ndarray,
-    trail: int,
-    radius: int,
-    chunk: int,
-) -> Iterator[np.ndarray]:
-    """The video's first T frames with the tracks T,N,2 drawn (hollow where `visible` T,N is False),
-    streamed in chunks of frames T',H,W,3. Each chunk is drawn after the last `trail` frames of the previous
-    one so the trails run on."""
-    history = None  # the last frames of the previous chunk
-    start = 0
-    for frames in _chunks(read_video(filename, max_frames=len(tracks)), chunk):
-        ctx = 0 if history is None else len(history)
-        both = frames if history is None else np.concatenate([history, frames])  # ctx+T',H,W,3
-        end = start + len(frames)
-        vis = None if visible is None else visible[start - ctx : end]
-        drawn = draw_tracks(both, tracks[start - ctx : end], vis, colors=colors, trail=trail, radius=radius)
-        yield drawn[ctx:]
-        history = both[max(len(both) - trail, 0) :] if trail > 0 else None
-        start = end
 
 
 @dataclass(frozen=True)
@@ -156,30 +120,29 @@ class DemoConfig:
 def write_drawn(
     cfg: DemoConfig,
     video_path: Path,
-    tracks: np.ndarray,
-    visibility: np.ndarray | None,
+    result: Prediction,
     query_rows: torch.Tensor,
     info: VideoInfo,
-    video_fps: float,
+    fps: float,
 ) -> int:
-    """Writes the video's first len(tracks) frames with the tracks drawn to `video_path` (and TensorBoard
-    gifs with --log_dir); the count of frames written. The mp4 is closed and plays even when interrupted."""
-    colors = colors_by_position(query_rows[:, 1:].numpy(), info.height, info.width)  # N,3
-    radius = max(2, round(min(info.height, info.width) / 180))
+    """Writes the video's first len(result.tracks) frames with the tracks drawn to `video_path` (and
+    TensorBoard gifs with --log_dir); the count of frames written. The mp4 is closed and plays even when
+    interrupted."""
     log = Logger(cfg.log_dir, enabled=bool(cfg.log_dir))
+    steps = itertools.count()
     try:
-        with VideoWriter(video_path, fps=cfg.fps or video_fps) as writer:
-            visible = None if visibility is None else visibility > 0.5
-            drawn = drawn_frames(cfg.filename, tracks, visible, colors, cfg.trail, radius, chunk=cfg.S)
-            with tqdm(total=len(tracks), desc="drawing", unit="frame") as bar:
-                for step, frames in enumerate(drawn):
-                    for frame in _even(frames):
-                        writer.write(frame)
-                    log.gif("outputs/tracks", frames, step, fps=round(cfg.fps or video_fps))
-                    bar.update(len(frames))
+        with tqdm(total=len(result.tracks), desc="drawing", unit="frame") as bar:
+
+            def on_chunk(frames: np.ndarray) -> None:
+                log.gif("outputs/tracks", frames, next(steps), fps=round(fps))
+                bar.update(len(frames))
+
+            size = (info.height, info.width)
+            return write_tracks_video(
+                video_path, cfg.filename, result, query_rows.numpy(), size, fps, cfg.trail, cfg.S, on_chunk
+            )
     finally:
         log.close()
-    return writer.num_frames
 
 
 SETTINGS = ("image_size", "N", "iters", "S")
@@ -205,18 +168,6 @@ def resolve_config(cls: type[DemoConfig], flags: Flags) -> tuple[DemoConfig, lis
     return config, [cpu_setting_line(FULL_SETTING.flags(), given)] if device.type == "cpu" else []
 
 
-def use_onnxruntime(runtime: str, device: torch.device) -> bool:
-    """Whether the network runs in onnxruntime: as asked, and with auto on a CPU where it is installed
-    (one line says how to get it where it is not)."""
-    ready = can_export_and_run()
-    install = f"pip install {' '.join(EXPORT_PACKAGES)}"
-    if runtime == "onnxruntime" and not ready:
-        raise OSError(f"--runtime onnxruntime needs {', '.join(EXPORT_PACKAGES)}: {install}")
-    if runtime == "auto" and device.type == "cpu" and not ready:
-        print(f"runtime: PyTorch; {install} for onnxruntime, faster on a CPU")
-    return runtime == "onnxruntime" or (runtime == "auto" and device.type == "cpu" and ready)
-
-
 def main(cfg: DemoConfig) -> None:
     if not cfg.filename:
         raise ValueError("no video given: pass --filename <video file or folder of frames>")
@@ -239,7 +190,7 @@ def main(cfg: DemoConfig) -> None:
             torch.manual_seed(0)
         checkpoint = None if cfg.random_weights else cfg.init_ckpt
         model = build_model(checkpoint, cfg.device, fast=cfg.fast, log=print)
-        if use_onnxruntime(cfg.runtime, next(model.parameters()).device):
+        if use_onnxruntime(cfg.runtime, next(model.parameters()).device, print):
             onnx = cached_export(model, cfg.S, cfg.image_size, cfg.iters, print)
     if onnx:
         tracker = PipsTracker.from_onnx(onnx, **settings)
@@ -269,24 +220,12 @@ def main(cfg: DemoConfig) -> None:
     name = Path(cfg.filename).resolve().stem
     video_fps = info.fps or cfg.fps or 24.0
     npz_path = out / f"{name}_tracks.npz"
-    head = (
-        {}
-        if result.visibility is None
-        else {"visibility": result.visibility, "confidence": result.confidence}
-    )
-    np.savez(
-        npz_path,
-        tracks=tracks,
-        queries=query_rows.numpy(),
-        fps=np.float32(video_fps),
-        num_frames=np.int64(T),
-        **head,
-    )
+    save_npz(npz_path, result, query_rows.numpy(), video_fps)
     video_path = out / f"{name}_tracks.mp4"
     if interrupted:
         print(f"interrupted: wrote the tracks of the first {T} frames to {npz_path}; drawing them")
     try:
-        drawn = write_drawn(cfg, video_path, tracks, result.visibility, query_rows, info, video_fps)
+        drawn = write_drawn(cfg, video_path, result, query_rows, info, cfg.fps or video_fps)
     except KeyboardInterrupt:
         print(f"interrupted while drawing: {video_path} is closed and plays; {npz_path} holds every track")
         raise SystemExit(INTERRUPT_EXIT) from None

@@ -9,7 +9,8 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from demo import DemoConfig, drawn_frames, load_queries, main
+from demo import DemoConfig, load_queries, main
+from tracking.outputs import drawn_frames
 from utils.video import read_frames, video_info, write_video
 
 REPO = Path(__file__).resolve().parents[1]

@@ -58,17 +58,18 @@ def test_tracker_without_settings_on_a_cpu_logs_its_choice(caplog) -> None:
 
 
 def test_expected_time_grows_with_pixels_points_and_iterations(monkeypatch) -> None:
-    """frame_seconds adds one frame's encoding to the delta block's time per point and frame, times the
-    points and iterations; a fake clock gives each call a known length."""
+    """frame_seconds adds one frame's encoding to the sampling's and the delta block's times per point and
+    frame, times the points and iterations; a fake clock gives each call a known length."""
     model = Pips()
     calls = []
 
     def timed(fn, *args) -> float:
-        calls.append(fn.__name__)
-        return {"encode": 4.0, "predict_delta": 32 * 16 * 0.001}[fn.__name__]
+        name = getattr(fn, "func", fn).__name__
+        calls.append(name)
+        return {"encode": 4.0, "_sample_step": 2 * 64 * 0.002, "predict_delta": 32 * 64 * 0.001}[name]
 
     monkeypatch.setattr(tracking.settings, "_seconds", timed)
-    assert frame_seconds(model, (64, 96), points=10, iters=3) == pytest.approx(2.0 + 0.001 * 30)
-    assert calls == ["encode", "encode", "predict_delta"]
-    line = tracking.settings.expected_time_line(model, (512, 896), iters=16, points=256)
-    assert "about 6.1 s per video frame at 512x896, 16 iterations and 256 points (1.7 h per 1000" in line
+    assert frame_seconds(model, (64, 96), points=10, iters=3, S=32) == pytest.approx(2.0 + 0.003 * 30)
+    assert calls == ["encode", "encode", "_sample_step", "predict_delta"]
+    line = tracking.settings.expected_time_line(model, (512, 896), iters=16, S=32, points=256)
+    assert "about 14.3 s per video frame at 512x896, 16 iterations and 256 points (4.0 h per 1000" in line

@@ -427,7 +427,7 @@ def evaluate_and_report(dataset: EvalDataset, protocol: EvalProtocol, config: Ev
             torch.manual_seed(0)  # one random model for every run, so a resumed run's videos fit the earlier
         model = build_model(checkpoint, config.device, fast=config.fast, log=tqdm.write)
         if isinstance(model, Pips) and next(model.parameters()).device.type == "cpu":
-            tqdm.write(expected_time_line(model, config.image_size, config.iters))
+            tqdm.write(expected_time_line(model, config.image_size, config.iters, config.S))
     log = Logger(log_dir)
     try:
         results = evaluate_dataset(

@@ -11,7 +11,7 @@ Frames, tracks and templates stay torch tensors between windows; only the networ
 
 import importlib.util
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -43,6 +43,18 @@ def can_export_and_run() -> bool:
     dynamic shapes: torch 2.6 or later)."""
     recent = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= EXPORT_TORCH
     return recent and all(importlib.util.find_spec(name) is not None for name in EXPORT_PACKAGES)
+
+
+def use_onnxruntime(runtime: str, device: torch.device, log: Callable[[str], None]) -> bool:
+    """Whether the network runs in onnxruntime for `runtime` ('auto', 'torch' or 'onnxruntime'): as asked,
+    and with auto on a CPU where it is installed (`log` says how to get it where it is not)."""
+    ready = can_export_and_run()
+    install = f"pip install {' '.join(EXPORT_PACKAGES)}"
+    if runtime == "onnxruntime" and not ready:
+        raise OSError(f"--runtime onnxruntime needs {', '.join(EXPORT_PACKAGES)}: {install}")
+    if runtime == "auto" and device.type == "cpu" and not ready:
+        log(f"runtime: PyTorch; {install} for onnxruntime, faster on a CPU")
+    return runtime == "onnxruntime" or (runtime == "auto" and device.type == "cpu" and ready)
 
 
 def _first_line(err: BaseException) -> str:

@@ -11,9 +11,11 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
+from nets.corr import CorrBlock, build_pyramid
 from nets.pips2 import Pips
 
 logger = logging.getLogger(__name__)
@@ -79,25 +81,40 @@ def _seconds(fn, *args: torch.Tensor) -> float:
     return time.perf_counter() - began
 
 
-def frame_seconds(model: Pips, image_size: tuple[int, int], points: int, iters: int) -> float:
-    """Seconds per video frame that `model` will take on its device at this setting, from two encoded
-    frames (timed after a first run that sets the kernels up) and one delta-block pass over 32 frames of
-    16 points: about 10 s at 512x896 on a small CPU, 1 s at small sizes."""
+def frame_seconds(model: Pips, image_size: tuple[int, int], points: int, iters: int, S: int = 64) -> float:
+    """Seconds per video frame that `model` will take on its device at this setting: one frame's encoding
+    (two frames timed after a first run that sets the kernels up), plus, per point and iteration, a frame's
+    correlation and template sampling (on those two frames' pyramid) and delta-block pass (over windows
+    of S frames, 64 points: fewer run faster per point than tracking does)."""
     device = next(model.parameters()).device
     H, W = image_size
     frames = torch.rand(1, 2, 3, H, W, device=device) * 255
     _seconds(model.encode, frames[:, :1])
     encode = _seconds(model.encode, frames) / 2
-    S, n = 32, 16  # fewer points per pass would run slower per point than tracking does
+    with torch.no_grad():
+        fmaps = model.encode(frames)  # 1,2,C,H8,W8
+        corr = CorrBlock(build_pyramid(fmaps, model.corr_levels), model.corr_radius)
+    n = 64
+    coords = torch.rand(1, 2, n, 2, device=device) * torch.tensor([W, H], device=device) / model.stride
+    sample = _seconds(partial(_sample_step, model, corr), fmaps, coords) / (2 * n)
     dim = model.delta_block.first_block_conv.conv.in_channels - model.latent_dim - 2
-    fcorrs, coords = torch.randn(1, S, n, dim, device=device), torch.randn(1, S, n, 2, device=device)
-    delta = _seconds(model.predict_delta, fcorrs, coords) / (S * n)
-    return encode + delta * points * iters
+    fcorrs, flows = torch.randn(1, S, n, dim, device=device), torch.randn(1, S, n, 2, device=device)
+    delta = _seconds(model.predict_delta, fcorrs, flows) / (S * n)
+    return encode + (sample + delta) * points * iters
 
 
-def expected_time_line(model: Pips, image_size: tuple[int, int], iters: int, points: int = 256) -> str:
+def _sample_step(model: Pips, corr: CorrBlock, fmaps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """What an iteration samples besides the delta block: two templates and the correlations of three."""
+    frames = torch.zeros(fmaps.shape[1], dtype=torch.long, device=fmaps.device)
+    feats = [model.sample_templates(fmaps, coords, frames) for _ in range(2)]
+    return corr.sample_concat((feats[0], *feats), coords)
+
+
+def expected_time_line(
+    model: Pips, image_size: tuple[int, int], iters: int, S: int, points: int = 256
+) -> str:
     """One line: the expected time per video frame (and per 1000 frames) on the CPU at this setting."""
-    seconds = frame_seconds(model, image_size, points, iters)
+    seconds = frame_seconds(model, image_size, points, iters, S)
     H, W = image_size
     return (
         f"on the CPU expect about {seconds:.1f} s per video frame at {H}x{W}, {iters} iterations and "

@@ -25,7 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from tracking.online import OnlineTracker, TrackFrames
-from tracking.predictor import PipsTracker, check_queries, grid_queries
+from tracking.outputs import point_radius, save_npz
+from tracking.predictor import PipsTracker, Prediction, check_queries, grid_queries
 from utils.interrupt import StopRequest
 from utils.video import VideoWriter
 from utils.vis import colors_by_position, draw_tracks
@@ -189,7 +190,7 @@ class StreamRecorder:
         """The query rows N,3 (t,x,y) of the stream, whose size the first frame gives."""
         self.rows = rows
         self.colors = colors_by_position(rows[:, 1:], height, width)  # N,3
-        self.radius = max(2, round(min(height, width) / 180))
+        self.radius = point_radius(height, width)
         self.started = True
 
     def arrived(self, frame: np.ndarray) -> None:
@@ -249,17 +250,10 @@ class StreamRecorder:
         if self.show:
             cv2.destroyAllWindows()
         self._writer.close()
-        fields = {
-            "tracks": np.concatenate(self._tracks),
-            "queries": self.rows.astype(np.float32),
-            "fps": np.float32(self.fps),
-        }
-        if self._vis:
-            fields |= {"visibility": np.concatenate(self._vis), "confidence": np.concatenate(self._conf)}
-        partial = self.npz_path.with_name(self.npz_path.name + ".partial")
-        with open(partial, "wb") as f:
-            np.savez(f, **fields)
-        os.replace(partial, self.npz_path)
+        visibility = np.concatenate(self._vis) if self._vis else None
+        confidence = np.concatenate(self._conf) if self._conf else None
+        result = Prediction(np.concatenate(self._tracks), visibility, confidence)
+        save_npz(self.npz_path, result, self.rows, self.fps)
 
 
 class StreamSummary(NamedTuple):
