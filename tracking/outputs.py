@@ -17,8 +17,8 @@ CSV_COLUMNS = ("frame", "point", "x", "y", "visible", "confidence")
 
 
 def point_radius(height: int, width: int) -> int:
-    """The drawn dots' radius in pixels: about 1/180 of the frame's short side, at least 2."""
-    return max(2, round(min(height, width) / 180))
+    """The drawn dots' radius in pixels: about 1/160 of the frame's short side, at least 3."""
+    return max(3, round(min(height, width) / 160))
 
 
 def _chunks(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
