@@ -17,6 +17,8 @@ and offers random weights for a try.
 import math
 import os
 import shutil
+import socket
+import sys
 import tempfile
 import threading
 import time
@@ -35,10 +37,11 @@ from tracking.onnx_backend import use_onnxruntime
 from tracking.onnx_export import cache_dir, cached_export
 from tracking.outputs import point_radius, save_csv, save_npz, write_tracks_video
 from tracking.predictor import PipsTracker, build_model, check_queries, grid_queries
-from tracking.settings import setting_for
+from tracking.settings import FULL_SETTING, cpu_setting_line, setting_for
 from utils.checkpoint import REFERENCE_DIR
-from utils.config import knob, one_line, require, run
+from utils.config import ERROR_EXIT, UsageError, knob, one_line, require, run
 from utils.dist import pick_device
+from utils.interrupt import StopRequest
 from utils.video import read_video, video_info, write_video
 from utils.vis import colors_by_position
 
@@ -70,8 +73,10 @@ class AppConfig:
         require(self.iters is None or self.iters >= 1, "iters", "at least 1", self.iters)
         require(self.max_frames >= 2, "max_frames", "at least 2", self.max_frames)
         require(self.max_points >= 1, "max_points", "at least 1", self.max_points)
-        if self.image_size is not None:
-            check_size(self.image_size, least=MIN_SIDE)
+        try:
+            check_size(self.image_size or (MIN_SIDE, MIN_SIDE), least=MIN_SIDE)
+        except ValueError as err:
+            raise UsageError(f"--{err}") from None
 
 
 class PageError(ValueError):
@@ -266,6 +271,7 @@ def track_clip(
 ) -> tuple[str, Path, list[Path]]:
     """Tracks `rows` through the clip and writes <name>_tracks.mp4/.npz/.csv into out_dir; the status line,
     the mp4 and the two track files. `progress(fraction, text)` hears how far it is."""
+    progress(0.0, "preparing the model (the first run of a setting exports it to onnxruntime on a CPU)")
     tracker = models.tracker(random_weights, S, iters, image_size, lambda line: progress(0.0, line))
     total = (clip.num_frames - 1) * len(rows[:, 0].unique())
     done = 0
@@ -428,32 +434,60 @@ def build_page(cfg: AppConfig, models: Models, example: Path, work: Path) -> Any
     return page
 
 
+def check_port(host: str, port: int) -> None:
+    """OSError naming the address when nothing can serve on it (say, another page holds the port)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            why = f"cannot serve on {host}:{port} ({err.strerror})"
+            raise OSError(f"{why}: pass --port with a free one") from None
+
+
 def main(cfg: AppConfig) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local page reports nothing anywhere
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise OSError("the web page needs gradio: pip install -r requirements.txt") from None
+    check_port(cfg.host, cfg.port)
     models = Models(cfg)
     print(models.notice().replace("**", "").replace("`", ""))
+    if models.device.type == "cpu":
+        given = [f"--{name}" for name in ("S", "iters", "image_size") if getattr(cfg, name) is not None]
+        print(cpu_setting_line(FULL_SETTING.flags().replace(" --N 1024", ""), given, points=False))
     threading.Thread(target=prepare, args=(models, cfg), daemon=True).start()
     example = make_example(cache_dir())
     work = Path(tempfile.mkdtemp(prefix="pips2_app_"))
     page = build_page(cfg, models, example, work)
+    status = 0
     try:
-        page.queue().launch(
-            server_name=cfg.host,
-            server_port=cfg.port,
-            share=cfg.share,
-            allowed_paths=[str(work), str(example.parent)],
-            max_file_size="500mb",
-            quiet=True,
-            prevent_thread_lock=True,
-        )
-        print(f"serving the page on {page.local_url}" + (f" and {page.share_url}" if page.share_url else ""))
-        page.block_thread()
+        with StopRequest() as stop:
+            page.queue().launch(
+                server_name=cfg.host,
+                server_port=cfg.port,
+                share=cfg.share,
+                allowed_paths=[str(work), str(example.parent)],
+                max_file_size="500mb",
+                quiet=True,
+                prevent_thread_lock=True,
+            )
+            share = f" and {page.share_url}" if page.share_url else ""
+            print(f"serving the page on {page.local_url}{share}; Ctrl-C stops it")
+            while page.is_running and not stop.requested:
+                time.sleep(0.2)
+            status = stop.status if stop.requested else 0
+        print("stopping the page")
+        page.close()
+    except OSError as err:
+        sys.stderr.write(f"error: {one_line(err)}\n")
+        status = ERROR_EXIT
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    # the export, or a run, may still be inside torch or onnxruntime, whose threads abort a normal exit
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

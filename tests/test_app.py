@@ -107,7 +107,7 @@ def served(tmp_path):
     H, W = SETTING["image_size"]
     command = [sys.executable, str(REPO / "app.py"), "--port", str(port), "--runtime", "torch"]
     command += ["--S", str(SETTING["S"]), "--iters", str(SETTING["iters"]), "--image_size", f"{H},{W}"]
-    command += ["--max_frames", str(LIMIT), "--init_ckpt", str(tmp_path / "no_checkpoint")]
+    command += ["--max_frames", str(LIMIT)]  # and no reference_model in the folder it runs in
     env = {**os.environ, "PIPS_CACHE": str(tmp_path / "cache"), "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
     log = open(tmp_path / "app.log", "w")
     proc = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -118,9 +118,11 @@ def served(tmp_path):
             time.sleep(0.2)
         yield f"http://127.0.0.1:{port}/"
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        proc.terminate()  # SIGTERM, as a scheduler stops a service
+        status = proc.wait(timeout=30)
         log.close()
+    assert status == 128 + 15 and "stopping the page" in (tmp_path / "app.log").read_text()
+    assert "Traceback" not in (tmp_path / "app.log").read_text()
 
 
 @pytest.mark.skipif(bool(_missing()), reason=f"the browser test needs {_missing()}")
@@ -192,3 +194,29 @@ def test_the_page_tracks_clicked_points_in_a_browser(served, tmp_path) -> None:
     assert len(rows) == 48 * 2 and rows[0]["visible"] == "" and rows[0]["confidence"] == ""
     from_csv = np.array([[float(r["x"]), float(r["y"])] for r in rows], np.float32).reshape(48, 2, 2)
     np.testing.assert_array_equal(from_csv, tracks["tracks"])
+
+
+def test_a_port_in_use_is_one_line_naming_it(tmp_path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "app.py"),
+                "--port",
+                str(port),
+                "--init_ckpt",
+                str(tmp_path / "none"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert (
+        proc.stderr.splitlines()[-1]
+        == f"error: cannot serve on 127.0.0.1:{port} (Address already in use): pass --port with a free one"
+    )
