@@ -70,6 +70,8 @@ ROWS = {
         "--max_frames 8 --S 8 --iters 1 --image_size 64,96 --N 16 --runtime torch",
         None,
     ),
+    # the page serves until stopped; tests/test_app.py starts it and drives it in a browser
+    "python app.py": ({}, "--help", None),
     "python export_onnx.py": ({}, "", NO_MODEL),
     "python demo.py --filename video.mp4 --onnx pips2.onnx": (
         {},
