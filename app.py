@@ -267,7 +267,7 @@ def track_clip(
     iters: int,
     image_size: tuple[int, int],
     out_dir: Path,
-    progress,
+    progress: Callable[[float, str], None],
 ) -> tuple[str, Path, list[Path]]:
     """Tracks `rows` through the clip and writes <name>_tracks.mp4/.npz/.csv into out_dir; the status line,
     the mp4 and the two track files. `progress(fraction, text)` hears how far it is."""
