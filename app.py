@@ -32,14 +32,14 @@ import cv2
 import numpy as np
 import torch
 
-from tracking.frames import MIN_SIDE, check_size
+from tracking.frames import MIN_SIDE, check_size, require_size
 from tracking.onnx_backend import use_onnxruntime
 from tracking.onnx_export import cache_dir, cached_export
 from tracking.outputs import point_radius, save_csv, save_npz, write_tracks_video
 from tracking.predictor import PipsTracker, build_model, check_queries, grid_queries
 from tracking.settings import FULL_SETTING, cpu_setting_line, setting_for
 from utils.checkpoint import REFERENCE_DIR
-from utils.config import ERROR_EXIT, UsageError, knob, one_line, require, run
+from utils.config import ERROR_EXIT, knob, one_line, require, run
 from utils.dist import pick_device
 from utils.interrupt import StopRequest
 from utils.video import read_video, video_info, write_video
@@ -73,10 +73,7 @@ class AppConfig:
         require(self.iters is None or self.iters >= 1, "iters", "at least 1", self.iters)
         require(self.max_frames >= 2, "max_frames", "at least 2", self.max_frames)
         require(self.max_points >= 1, "max_points", "at least 1", self.max_points)
-        try:
-            check_size(self.image_size or (MIN_SIDE, MIN_SIDE), least=MIN_SIDE)
-        except ValueError as err:
-            raise UsageError(f"--{err}") from None
+        require_size(self.image_size, least=MIN_SIDE)
 
 
 class PageError(ValueError):
@@ -119,30 +116,29 @@ def open_clip(path: str | None, limit: int) -> Clip:
     if not path:
         raise PageError("no video: upload one or pick the example")
     name = Path(path).name
+    unreadable = PageError(f"{name} is not a video this page can read (mp4, mov, avi, webm, ...)")
     try:
         info = video_info(path)
     except (OSError, ValueError):
-        raise PageError(f"{name} is not a video this page can read (mp4, mov, avi, webm, ...)") from None
+        raise unreadable from None
     if info.num_frames > limit:
         raise PageError(
             f"{name} has {info.num_frames} frames; this page takes at most {limit} "
             "(cut it, or start app.py with a larger --max_frames)"
         )
-    if info.num_frames < 2:
-        raise PageError(f"{name} has {info.num_frames} frame; tracking needs at least 2")
     long_side = max(info.height, info.width)
     scale = min(max(1.0, SHOWN_SIDES[0] / long_side), SHOWN_SIDES[1] / long_side)
     size = (round(info.width * scale), round(info.height * scale))
+    resample = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     shown = []
     try:
         for frame in read_video(path, max_frames=info.num_frames):
-            resample = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
             small = frame if scale == 1.0 else cv2.resize(frame, size, interpolation=resample)
             shown.append(cv2.imencode(".jpg", small[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
     except (OSError, ValueError):
-        raise PageError(f"{name} is not a video this page can read (mp4, mov, avi, webm, ...)") from None
+        raise unreadable from None
     if len(shown) < 2:
-        raise PageError(f"{name} has {len(shown)} readable frame; tracking needs at least 2")
+        raise PageError(f"{name} has {len(shown)} readable frame(s); tracking needs at least 2")
     fps = info.fps or 24.0
     return Clip(path, len(shown), info.height, info.width, fps, shown, scale, (size[1], size[0]), [])
 
@@ -327,7 +323,7 @@ def build_page(cfg: AppConfig, models: Models, example: Path, work: Path) -> Any
     def said(err: Exception) -> str:
         return f"**Error:** {err}"
 
-    def load(path: str | None, state: Clip | None):
+    def load(path: str | None):
         try:
             clip = open_clip(path, cfg.max_frames)
         except PageError as err:
@@ -424,7 +420,7 @@ def build_page(cfg: AppConfig, models: Models, example: Path, work: Path) -> Any
             result = gr.Video(label="tracks", interactive=False, elem_id="result")
             downloads = gr.File(label="tracks: npz and csv", file_count="multiple", elem_id="downloads")
 
-        video.change(load, [video, clip], [clip, frame_t, frame, points, status])
+        video.change(load, [video], [clip, frame_t, frame, points, status])
         frame_t.change(show, [clip, frame_t], [frame])
         frame.select(click, [clip, frame_t], [clip, frame, points, status])
         undo_button.click(undo, [clip, frame_t], [clip, frame, points])

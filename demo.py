@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tracking.frames import MIN_SIDE, check_size
+from tracking.frames import MIN_SIDE, require_size
 from tracking.onnx_backend import read_spec, use_onnxruntime
 from tracking.onnx_export import cached_export
 from tracking.outputs import save_npz, write_tracks_video
@@ -51,7 +51,7 @@ from tracking.predictor import (
 from tracking.settings import CPU_SETTING, FULL_SETTING, cpu_setting_line, setting_for
 from tracking.stream import record_stream
 from utils.checkpoint import REFERENCE_DIR
-from utils.config import INTERRUPT_EXIT, Flags, UsageError, default_resolve, knob, require, run
+from utils.config import INTERRUPT_EXIT, Flags, default_resolve, knob, require, run
 from utils.dist import pick_device
 from utils.logger import Logger
 from utils.video import VideoInfo, video_info
@@ -111,10 +111,7 @@ class DemoConfig:
         require(self.max_frames >= 0, "max_frames", "0 or more", self.max_frames)
         require(self.fps >= 0, "fps", "0 or more", self.fps)
         require(self.trail >= 0, "trail", "0 or more", self.trail)
-        try:
-            check_size(self.image_size or (MIN_SIDE, MIN_SIDE), least=MIN_SIDE)
-        except ValueError as err:
-            raise UsageError(f"--{err}") from None
+        require_size(self.image_size, least=MIN_SIDE)
 
 
 def write_drawn(

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from tracking.frames import check_size
+from tracking.frames import require_size
 from tracking.onnx_export import OPSET, export_window
 from tracking.predictor import build_model
 from tracking.settings import CPU_SETTING
 from utils.checkpoint import REFERENCE_DIR
-from utils.config import UsageError, knob, require, run
+from utils.config import knob, require, run
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,7 @@ class ExportConfig:
         require(self.iters >= 1, "iters", "at least 1", self.iters)
         require(self.S >= 3, "S", "at least 3", self.S)
         require(self.opset >= 16, "opset", "16 or more (GridSample)", self.opset)
-        try:
-            check_size(self.image_size, multiple=8)
-        except ValueError as err:
-            raise UsageError(f"--{err}") from None
+        require_size(self.image_size, multiple=8)
 
 
 def main(cfg: ExportConfig) -> None:

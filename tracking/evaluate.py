@@ -26,7 +26,7 @@ from tqdm import tqdm
 from datasets.sample import EvalSequence, UnreadableSequence
 from nets.pips2 import Pips
 from nets.tracker import VideoTracks, WindowModel, track_from_first_frame
-from tracking.frames import MIN_SIDE, Frames, check_size, open_frames
+from tracking.frames import MIN_SIDE, Frames, open_frames, require_size
 from tracking.onnx_backend import OnnxWindow
 from tracking.predictor import Float16Guard, build_model
 from tracking.settings import expected_time_line
@@ -94,10 +94,7 @@ class EvalConfig:
             "at least 1 (or none)",
             self.max_videos,
         )
-        try:
-            check_size(self.image_size, multiple=SIZE_MULTIPLE, least=MIN_SIDE)
-        except ValueError as err:
-            raise UsageError(f"--{err}") from None
+        require_size(self.image_size, multiple=SIZE_MULTIPLE, least=MIN_SIDE)
 
 
 def scale_tracks(trajs: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from nets.pips2 import frames_to_rgbs
+from utils.config import UsageError
 from utils.video import image_files, read_image, read_video, video_info
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,18 @@ def check_size(
     if min(pair) < least:
         raise ValueError(f"{name} sides must be at least {least} pixels, got {pair[0]}x{pair[1]}")
     return pair
+
+
+def require_size(
+    size: Sequence[int] | None, name: str = "image_size", multiple: int = 1, least: int = 1
+) -> None:
+    """check_size for a script config's flag: UsageError `--<name> ...`; None (a size chosen later) passes."""
+    if size is None:
+        return
+    try:
+        check_size(size, name, multiple, least)
+    except ValueError as err:
+        raise UsageError(f"--{err}") from None
 
 
 class Frames:

@@ -124,18 +124,19 @@ def save_csv(path: str | Path, result: Prediction) -> None:
     probability); the last two are empty for a model without the visibility head."""
     tracks = np.asarray(result.tracks)  # T,N,2
     T, N, _ = tracks.shape
-    head = result.visibility is not None
-    visible = np.asarray(result.visibility) > 0.5 if head else None  # T,N
-    confidence = np.asarray(result.confidence) if head else None  # T,N
+    frame, point = np.meshgrid(np.arange(T), np.arange(N), indexing="ij")  # T,N each
+    columns = [frame.ravel().tolist(), point.ravel().tolist()]
+    columns += [[repr(v) for v in tracks[..., i].ravel().tolist()] for i in (0, 1)]
+    if result.visibility is None:
+        columns += [[""] * (T * N)] * 2
+    else:
+        columns.append((np.asarray(result.visibility) > 0.5).astype(int).ravel().tolist())
+        columns.append([f"{c:.4f}" for c in np.asarray(result.confidence).ravel().tolist()])
 
     def write(partial: Path) -> None:
         with open(partial, "w", newline="") as f:
             out = csv.writer(f)
             out.writerow(CSV_COLUMNS)
-            for t in range(T):
-                for n in range(N):
-                    x, y = tracks[t, n].tolist()
-                    extra = [int(visible[t, n]), f"{confidence[t, n]:.4f}"] if head else ["", ""]
-                    out.writerow([t, n, repr(x), repr(y), *extra])
+            out.writerows(zip(*columns))
 
     _replace(Path(path), write)
