@@ -209,6 +209,8 @@ class Models:
         self.device = pick_device(cfg.device)
         self.checkpoint = Path(cfg.init_ckpt) if Path(cfg.init_ckpt).exists() else None
         self._models: dict[bool, torch.nn.Module] = {}
+        if self.checkpoint is not None:  # a file that is not a checkpoint stops the app before it serves
+            self._models[False] = build_model(self.checkpoint, self.device)
         self._trackers: OrderedDict[tuple, PipsTracker] = OrderedDict()
         self._lock = threading.Lock()
 

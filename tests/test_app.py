@@ -220,3 +220,19 @@ def test_a_port_in_use_is_one_line_naming_it(tmp_path) -> None:
         proc.stderr.splitlines()[-1]
         == f"error: cannot serve on 127.0.0.1:{port} (Address already in use): pass --port with a free one"
     )
+
+
+def test_a_file_that_is_not_a_checkpoint_stops_the_app_before_it_serves(tmp_path) -> None:
+    (tmp_path / "model.pth").write_bytes(b"junk")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "app.py"), "--port", str(_free_port()), "--init_ckpt", "model.pth"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "serving" not in proc.stdout
+    assert (
+        proc.stderr.splitlines()[-1]
+        == "error: model.pth is not a checkpoint (not a file written by torch.save)"
+    )
